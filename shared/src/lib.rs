@@ -1,0 +1,15 @@
+//! What every binary of the workspace does the same way.
+//!
+//! - [`config`]: a typed configuration loaded from a TOML file, then environment
+//!   variables, then `*_FILE` secret files, with every problem reported at once.
+//! - [`secret`]: a wrapper that keeps secret values out of `Debug` and logs.
+//! - [`telemetry`]: the one tracing-subscriber setup (text or JSON).
+//! - [`shutdown`]: the stop signal, the token handed to every task, and the drain.
+
+pub mod config;
+pub mod secret;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use config::{ConfigError, EnvBinding, Problem, Sources, Validate};
+pub use secret::Secret;
