@@ -50,10 +50,7 @@ impl Sources {
 
     /// A test environment: no file, the given variables.
     pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
-        let env = pairs
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let env = pairs.into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         Self { file: None, env }
     }
 
@@ -113,10 +110,7 @@ pub trait Validate {
 }
 
 /// Loads `T` from `sources` (see the module documentation for the contract).
-pub fn load<T: DeserializeOwned + Validate>(
-    sources: &Sources,
-    bindings: &[EnvBinding],
-) -> Result<T, ConfigError> {
+pub fn load<T: DeserializeOwned + Validate>(sources: &Sources, bindings: &[EnvBinding]) -> Result<T, ConfigError> {
     let origin = sources
         .file
         .as_deref()
@@ -292,9 +286,18 @@ mod tests {
     }
 
     const BINDINGS: &[EnvBinding] = &[
-        EnvBinding { var: "DEMO_NAME", key: "name" },
-        EnvBinding { var: "DEMO_TOKEN", key: "token" },
-        EnvBinding { var: "DEMO_TIMEOUT", key: "inner.timeout" },
+        EnvBinding {
+            var: "DEMO_NAME",
+            key: "name",
+        },
+        EnvBinding {
+            var: "DEMO_TOKEN",
+            key: "token",
+        },
+        EnvBinding {
+            var: "DEMO_TIMEOUT",
+            key: "inner.timeout",
+        },
     ];
 
     fn file_with(text: &str) -> tempfile::NamedTempFile {
@@ -313,8 +316,7 @@ mod tests {
     #[test]
     fn environment_overrides_the_file() {
         let f = file_with("name = \"from-file\"\nport = 81\n[inner]\ntimeout = \"5s\"\n");
-        let sources = Sources::from_pairs([("DEMO_NAME", "from-env"), ("DEMO_TIMEOUT", "250ms")])
-            .with_file(f.path());
+        let sources = Sources::from_pairs([("DEMO_NAME", "from-env"), ("DEMO_TIMEOUT", "250ms")]).with_file(f.path());
         let c: Demo = load(&sources, BINDINGS).expect("valid");
         assert_eq!(c.name, "from-env");
         assert_eq!(c.port, 81);
@@ -327,8 +329,7 @@ mod tests {
         let secret = dir.path().join("token");
         std::fs::write(&secret, "s3cret\n").expect("write");
         let path = secret.to_str().expect("utf-8");
-        let c: Demo = load(&Sources::from_pairs([("DEMO_TOKEN_FILE", path)]), BINDINGS)
-            .expect("valid");
+        let c: Demo = load(&Sources::from_pairs([("DEMO_TOKEN_FILE", path)]), BINDINGS).expect("valid");
         assert_eq!(c.token.expect("set").expose(), "s3cret");
     }
 
@@ -357,8 +358,7 @@ mod tests {
     #[test]
     fn every_problem_is_reported_at_once() {
         let f = file_with("port = 0\nname = \"\"\nbogus = 1\n[inner]\ntimeout = \"1s\"\nextra = 2\n");
-        let err = load::<Demo>(&Sources::default().with_file(f.path()), BINDINGS)
-            .expect_err("must fail");
+        let err = load::<Demo>(&Sources::default().with_file(f.path()), BINDINGS).expect_err("must fail");
         let keys: Vec<&str> = err.problems.iter().map(|p| p.key.as_str()).collect();
         assert_eq!(keys, ["bogus", "inner.extra", "port", "name"], "{err}");
         assert!(err.to_string().contains("4 problems"));
@@ -367,24 +367,21 @@ mod tests {
     #[test]
     fn a_wrong_type_names_its_key() {
         let f = file_with("[inner]\ntimeout = \"soon\"\n");
-        let err = load::<Demo>(&Sources::default().with_file(f.path()), BINDINGS)
-            .expect_err("must fail");
+        let err = load::<Demo>(&Sources::default().with_file(f.path()), BINDINGS).expect_err("must fail");
         assert_eq!(err.problems[0].key, "inner.timeout", "{err}");
     }
 
     #[test]
     fn invalid_toml_is_reported_with_its_file() {
         let f = file_with("port = \n");
-        let err = load::<Demo>(&Sources::default().with_file(f.path()), BINDINGS)
-            .expect_err("must fail");
+        let err = load::<Demo>(&Sources::default().with_file(f.path()), BINDINGS).expect_err("must fail");
         assert!(err.problems[0].message.contains("not valid TOML"), "{err}");
         assert_eq!(err.origin, f.path().display().to_string());
     }
 
     #[test]
     fn a_missing_file_is_a_problem() {
-        let err = load::<Demo>(&Sources::default().with_file("/nonexistent.toml"), BINDINGS)
-            .expect_err("must fail");
+        let err = load::<Demo>(&Sources::default().with_file("/nonexistent.toml"), BINDINGS).expect_err("must fail");
         assert!(err.problems[0].message.contains("cannot read"));
     }
 }

@@ -1,0 +1,12 @@
+//! Validated domain types. Everything that crosses the HTTP boundary is
+//! parsed into these types first; stores and caches only ever see valid data.
+
+mod document;
+mod name;
+mod query;
+mod search;
+
+pub use document::{Config, DataElement, FieldError, MAX_DEPTH, merge_patch, new_config, replacement};
+pub use name::ConfigName;
+pub use query::{ListParams, QueryError, parse_query};
+pub use search::{Condition, SearchHit, SearchQuery};

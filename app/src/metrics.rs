@@ -1,0 +1,133 @@
+//! The app's Prometheus metrics, served on the admin listener only.
+//!
+//! The registry is an object, not a global, so every app instance (and every
+//! test) counts on its own.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Labels of a request count.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// HTTP method.
+    pub method: String,
+    /// Route template (`/configs/{name}`), never the raw path, so the label
+    /// set stays bounded.
+    pub route: String,
+    /// Response status code.
+    pub status: u16,
+}
+
+/// Labels of a latency observation.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    /// HTTP method.
+    pub method: String,
+    /// Route template.
+    pub route: String,
+}
+
+/// Labels of a cache operation outcome.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheLabels {
+    /// `hit`, `miss` or `error`.
+    pub outcome: &'static str,
+}
+
+type HistogramFamily = Family<RouteLabels, Histogram, fn() -> Histogram>;
+
+/// All app metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    latency: HistogramFamily,
+    cache: Family<CacheLabels, Counter>,
+}
+
+fn latency_histogram() -> Histogram {
+    // 0.25 ms to about 8 s.
+    Histogram::new(exponential_buckets(0.000_25, 2.0, 16))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("app");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let latency: HistogramFamily = Family::new_with_constructor(latency_histogram);
+        let cache = Family::<CacheLabels, Counter>::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests by method, route and status",
+            requests.clone(),
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "Time from request to response head, by method and route",
+            latency.clone(),
+        );
+        registry.register("cache_operations", "Cache lookups and writes by outcome", cache.clone());
+        Self {
+            registry,
+            requests,
+            latency,
+            cache,
+        }
+    }
+}
+
+impl Metrics {
+    /// Counts one request and its latency.
+    pub fn observe_request(&self, method: &str, route: &str, status: u16, seconds: f64) {
+        let route = route.to_string();
+        let method = method.to_string();
+        self.requests
+            .get_or_create(&RequestLabels {
+                method: method.clone(),
+                route: route.clone(),
+                status,
+            })
+            .inc();
+        self.latency
+            .get_or_create(&RouteLabels { method, route })
+            .observe(seconds);
+    }
+
+    /// Counts a cache outcome: `hit`, `miss` or `error`.
+    pub fn cache(&self, outcome: &'static str) {
+        self.cache.get_or_create(&CacheLabels { outcome }).inc();
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rendered_text_has_the_counted_series() {
+        let m = Metrics::default();
+        m.observe_request("GET", "/configs/{name}", 200, 0.001);
+        m.cache("hit");
+        let text = m.render();
+        assert!(
+            text.contains(r#"app_http_requests_total{method="GET",route="/configs/{name}",status="200"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"app_cache_operations_total{outcome="hit"} 1"#),
+            "{text}"
+        );
+        assert!(text.contains("app_http_request_duration_seconds_bucket"), "{text}");
+    }
+}

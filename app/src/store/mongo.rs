@@ -1,0 +1,226 @@
+//! MongoDB store: one collection of `{name, data}` documents with a unique
+//! index on `name`.
+//!
+//! Every operation is bounded by the configured timeout, and server
+//! selection by the same, so an outage is a prompt [`StoreError::Unavailable`]
+//! (a 503) rather than the driver's default 30 s wait. The unique index is
+//! created at start-up; if MongoDB is down then, it is created before the
+//! first write once MongoDB answers, so no duplicate can ever slip in.
+
+use super::{Replaced, Store, StoreError};
+use crate::domain::{Config, ConfigName, SearchQuery};
+use async_trait::async_trait;
+use futures::TryStreamExt;
+use mongodb::bson::{Bson, Document, doc};
+use mongodb::error::{ErrorKind, WriteFailure};
+use mongodb::options::{ClientOptions, IndexOptions};
+use mongodb::{Client, Collection, IndexModel};
+use std::future::{Future, IntoFuture};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+/// MongoDB-backed [`Store`].
+#[derive(Debug)]
+pub struct MongoStore {
+    client: Client,
+    configs: Collection<Config>,
+    timeout: Duration,
+    index_ready: AtomicBool,
+}
+
+impl MongoStore {
+    /// Builds the client (no I/O for plain `mongodb://` URIs) and tries to
+    /// create the unique index, logging a warning if MongoDB is not there yet.
+    pub async fn connect(uri: &str, database: &str, collection: &str, timeout: Duration) -> Result<Self, StoreError> {
+        let mut options = bounded(ClientOptions::parse(uri).into_future(), timeout)
+            .await?
+            .map_err(|e| StoreError::Internal(format!("invalid MongoDB URI: {e}")))?;
+        options.app_name = Some("app".into());
+        options.server_selection_timeout = Some(timeout);
+        options.connect_timeout = Some(timeout);
+        let client = Client::with_options(options).map_err(|e| StoreError::Internal(e.to_string()))?;
+        let configs = client.database(database).collection::<Config>(collection);
+        let store = Self {
+            client,
+            configs,
+            timeout,
+            index_ready: AtomicBool::new(false),
+        };
+        if let Err(error) = store.ensure_index().await {
+            tracing::warn!(%error, "MongoDB not reachable at start-up; the unique index will be created on first use");
+        }
+        Ok(store)
+    }
+
+    /// Creates the unique index on `name` unless done already.
+    async fn ensure_index(&self) -> Result<(), StoreError> {
+        if self.index_ready.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let model = IndexModel::builder()
+            .keys(doc! { "name": 1 })
+            .options(
+                IndexOptions::builder()
+                    .unique(true)
+                    .name("name_unique".to_string())
+                    .build(),
+            )
+            .build();
+        self.run(self.configs.create_index(model)).await?;
+        self.index_ready.store(true, Ordering::Release);
+        tracing::info!("MongoDB unique index on name is in place");
+        Ok(())
+    }
+
+    /// Closes the connection pool.
+    pub async fn shutdown(&self) {
+        self.client.clone().shutdown().await;
+    }
+
+    async fn run<T>(&self, op: impl IntoFuture<Output = mongodb::error::Result<T>>) -> Result<T, StoreError> {
+        bounded(op.into_future(), self.timeout).await?.map_err(map_error)
+    }
+}
+
+async fn bounded<T>(op: impl Future<Output = T>, timeout: Duration) -> Result<T, StoreError> {
+    tokio::time::timeout(timeout, op)
+        .await
+        .map_err(|_| StoreError::Unavailable(format!("MongoDB did not answer within {timeout:?}")))
+}
+
+fn map_error(e: mongodb::error::Error) -> StoreError {
+    match e.kind.as_ref() {
+        ErrorKind::Write(WriteFailure::WriteError(w)) if w.code == 11000 => StoreError::Conflict,
+        ErrorKind::BsonDeserialization(_) | ErrorKind::BsonSerialization(_) | ErrorKind::InvalidArgument { .. } => {
+            StoreError::Internal(e.to_string())
+        }
+        _ => StoreError::Unavailable(e.to_string()),
+    }
+}
+
+fn to_bson<T: serde::Serialize>(value: &T) -> Result<Bson, StoreError> {
+    mongodb::bson::to_bson(value).map_err(|e| StoreError::Internal(e.to_string()))
+}
+
+/// The values a query text may match (API.md typed matching): the string,
+/// and the number, boolean or null it spells.
+fn candidates_for(text: &str) -> Vec<Bson> {
+    let mut values = vec![Bson::String(text.to_string())];
+    if let Ok(i) = text.parse::<i64>() {
+        values.push(Bson::Int64(i));
+    } else if let Ok(f) = text.parse::<f64>() {
+        if f.is_finite() {
+            values.push(Bson::Double(f));
+        }
+    }
+    match text {
+        "true" => values.push(Bson::Boolean(true)),
+        "false" => values.push(Bson::Boolean(false)),
+        "null" => values.push(Bson::Null),
+        _ => {}
+    }
+    values
+}
+
+#[async_trait]
+impl Store for MongoStore {
+    fn kind(&self) -> &'static str {
+        "mongodb"
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.run(self.client.database("admin").run_command(doc! { "ping": 1 }))
+            .await?;
+        self.ensure_index().await
+    }
+
+    async fn list(&self, after: Option<&ConfigName>, limit: usize) -> Result<Vec<Config>, StoreError> {
+        let filter = after.map_or_else(Document::new, |a| doc! { "name": { "$gt": a.as_str() } });
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.run(async {
+            self.configs
+                .find(filter)
+                .sort(doc! { "name": 1 })
+                .limit(limit)
+                .projection(doc! { "_id": 0 })
+                .await?
+                .try_collect()
+                .await
+        })
+        .await
+    }
+
+    async fn get(&self, name: &ConfigName) -> Result<Option<Config>, StoreError> {
+        self.run(
+            self.configs
+                .find_one(doc! { "name": name.as_str() })
+                .projection(doc! { "_id": 0 }),
+        )
+        .await
+    }
+
+    async fn insert(&self, config: &Config) -> Result<(), StoreError> {
+        self.ensure_index().await?;
+        self.run(self.configs.insert_one(config)).await.map(drop)
+    }
+
+    async fn replace(&self, config: &Config, expected: Option<&Config>) -> Result<Replaced, StoreError> {
+        let mut filter = doc! { "name": config.name.as_str() };
+        if let Some(old) = expected {
+            filter.insert("data", to_bson(&old.data)?);
+        }
+        let update = doc! { "$set": { "data": to_bson(&config.data)? } };
+        let result = self.run(self.configs.update_one(filter, update)).await?;
+        if result.matched_count == 1 {
+            return Ok(Replaced::Done);
+        }
+        if expected.is_none() {
+            return Ok(Replaced::NotFound);
+        }
+        let exists = self
+            .run(
+                self.configs
+                    .count_documents(doc! { "name": config.name.as_str() })
+                    .limit(1),
+            )
+            .await?;
+        Ok(if exists == 1 {
+            Replaced::Changed
+        } else {
+            Replaced::NotFound
+        })
+    }
+
+    async fn delete(&self, name: &ConfigName) -> Result<bool, StoreError> {
+        let result = self
+            .run(self.configs.delete_one(doc! { "name": name.as_str() }))
+            .await?;
+        Ok(result.deleted_count == 1)
+    }
+
+    async fn search_candidates(&self, query: &SearchQuery) -> Result<Vec<Config>, StoreError> {
+        let mut filter = Document::new();
+        if let Some(name) = &query.name {
+            filter.insert("name", name.as_str());
+        }
+        if !query.conditions.is_empty() {
+            // Keys are validated (no '.', no leading '$'), so the joined
+            // path addresses exactly the nested keys of the condition.
+            let mut each = Document::new();
+            for cond in &query.conditions {
+                each.insert(cond.path.join("."), doc! { "$in": candidates_for(&cond.value) });
+            }
+            filter.insert("data", doc! { "$elemMatch": each });
+        }
+        self.run(async {
+            self.configs
+                .find(filter)
+                .sort(doc! { "name": 1 })
+                .projection(doc! { "_id": 0 })
+                .await?
+                .try_collect()
+                .await
+        })
+        .await
+    }
+}

@@ -1,0 +1,291 @@
+//! The embedded default store: SQLite on disk, WAL mode, shared by every
+//! app process that points at the same directory.
+//!
+//! SQLite calls block, so each runs on tokio's blocking pool with one
+//! connection from a small pool; WAL lets readers run beside the writer, and
+//! `busy_timeout` makes writers of several processes queue instead of fail.
+
+use super::{Replaced, Store, StoreError};
+use crate::domain::{Config, ConfigName, DataElement, SearchQuery};
+use async_trait::async_trait;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Connections kept open per process.
+const POOL_SIZE: usize = 4;
+
+/// SQLite-backed [`Store`].
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: Arc<Pool>,
+    path: PathBuf,
+    timeout: Duration,
+}
+
+#[derive(Debug)]
+struct Pool {
+    idle: Mutex<Vec<Connection>>,
+    path: PathBuf,
+    busy_timeout: Duration,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) `configs.sqlite3` in `dir`; `timeout`
+    /// bounds each operation, including waiting for another process's lock.
+    pub fn open(dir: &Path, timeout: Duration) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError::Unavailable(format!("cannot create {}: {e}", dir.display())))?;
+        let path = dir.join("configs.sqlite3");
+        let pool = Pool {
+            idle: Mutex::new(Vec::new()),
+            path: path.clone(),
+            busy_timeout: timeout,
+        };
+        let conn = pool.connect()?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             CREATE TABLE IF NOT EXISTS configs (
+                 name TEXT PRIMARY KEY NOT NULL,
+                 data TEXT NOT NULL
+             );",
+        )
+        .map_err(internal)?;
+        pool.put(conn);
+        Ok(Self {
+            pool: Arc::new(pool),
+            path,
+            timeout,
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` with a pooled connection on the blocking pool.
+    async fn with_conn<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let pool = self.pool.clone();
+        let task = tokio::task::spawn_blocking(move || {
+            let conn = pool.take()?;
+            let result = f(&conn);
+            pool.put(conn);
+            result
+        });
+        // The busy timeout bounds lock waits; this bounds everything else.
+        match tokio::time::timeout(self.timeout + Duration::from_secs(1), task).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(join)) => Err(StoreError::Internal(format!("sqlite task failed: {join}"))),
+            Err(_) => Err(StoreError::Unavailable("sqlite operation timed out".into())),
+        }
+    }
+}
+
+impl Pool {
+    fn connect(&self) -> Result<Connection, StoreError> {
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(&self.path, flags)
+            .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", self.path.display())))?;
+        conn.busy_timeout(self.busy_timeout).map_err(internal)?;
+        conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")
+            .map_err(internal)?;
+        Ok(conn)
+    }
+
+    fn take(&self) -> Result<Connection, StoreError> {
+        let pooled = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        pooled.map_or_else(|| self.connect(), Ok)
+    }
+
+    fn put(&self, conn: Connection) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < POOL_SIZE {
+            idle.push(conn);
+        }
+    }
+}
+
+fn internal(e: rusqlite::Error) -> StoreError {
+    match e {
+        rusqlite::Error::SqliteFailure(f, _)
+            if matches!(
+                f.code,
+                rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+            ) =>
+        {
+            StoreError::Unavailable(format!("sqlite busy: {e}"))
+        }
+        other => StoreError::Internal(other.to_string()),
+    }
+}
+
+fn encode(data: &[DataElement]) -> Result<String, StoreError> {
+    serde_json::to_string(data).map_err(|e| StoreError::Internal(e.to_string()))
+}
+
+fn decode(name: String, data: &str) -> Result<Config, StoreError> {
+    let name = ConfigName::parse(&name).map_err(|e| StoreError::Internal(format!("stored name {name:?}: {e}")))?;
+    let data = serde_json::from_str(data).map_err(|e| StoreError::Internal(format!("stored data of {name}: {e}")))?;
+    Ok(Config { name, data })
+}
+
+fn collect(rows: impl Iterator<Item = rusqlite::Result<(String, String)>>) -> Result<Vec<Config>, StoreError> {
+    rows.map(|r| {
+        let (name, data) = r.map_err(internal)?;
+        decode(name, &data)
+    })
+    .collect()
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn kind(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.with_conn(|c| c.query_row("SELECT 1", [], |_| Ok(())).map_err(internal))
+            .await
+    }
+
+    async fn list(&self, after: Option<&ConfigName>, limit: usize) -> Result<Vec<Config>, StoreError> {
+        let after = after.map(|n| n.as_str().to_string()).unwrap_or_default();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.with_conn(move |c| {
+            let mut stmt = c
+                .prepare_cached("SELECT name, data FROM configs WHERE name > ?1 ORDER BY name LIMIT ?2")
+                .map_err(internal)?;
+            let rows = stmt
+                .query_map(params![after, limit], |r| Ok((r.get(0)?, r.get(1)?)))
+                .map_err(internal)?;
+            collect(rows)
+        })
+        .await
+    }
+
+    async fn get(&self, name: &ConfigName) -> Result<Option<Config>, StoreError> {
+        let name = name.as_str().to_string();
+        self.with_conn(move |c| {
+            let row: Option<(String, String)> = c
+                .prepare_cached("SELECT name, data FROM configs WHERE name = ?1")
+                .and_then(|mut s| s.query_row([&name], |r| Ok((r.get(0)?, r.get(1)?))).optional())
+                .map_err(internal)?;
+            row.map(|(n, d)| decode(n, &d)).transpose()
+        })
+        .await
+    }
+
+    async fn insert(&self, config: &Config) -> Result<(), StoreError> {
+        let name = config.name.as_str().to_string();
+        let data = encode(&config.data)?;
+        self.with_conn(move |c| {
+            match c.execute("INSERT INTO configs (name, data) VALUES (?1, ?2)", params![name, data]) {
+                Ok(_) => Ok(()),
+                Err(rusqlite::Error::SqliteFailure(f, _)) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
+                    Err(StoreError::Conflict)
+                }
+                Err(e) => Err(internal(e)),
+            }
+        })
+        .await
+    }
+
+    async fn replace(&self, config: &Config, expected: Option<&Config>) -> Result<Replaced, StoreError> {
+        let name = config.name.as_str().to_string();
+        let data = encode(&config.data)?;
+        let expected = expected.map(|e| encode(&e.data)).transpose()?;
+        self.with_conn(move |c| {
+            let changed = match &expected {
+                None => c.execute("UPDATE configs SET data = ?2 WHERE name = ?1", params![name, data]),
+                Some(old) => c.execute(
+                    "UPDATE configs SET data = ?2 WHERE name = ?1 AND data = ?3",
+                    params![name, data, old],
+                ),
+            }
+            .map_err(internal)?;
+            if changed == 1 {
+                return Ok(Replaced::Done);
+            }
+            let exists: bool = c
+                .query_row("SELECT EXISTS(SELECT 1 FROM configs WHERE name = ?1)", [&name], |r| {
+                    r.get(0)
+                })
+                .map_err(internal)?;
+            Ok(if exists { Replaced::Changed } else { Replaced::NotFound })
+        })
+        .await
+    }
+
+    async fn delete(&self, name: &ConfigName) -> Result<bool, StoreError> {
+        let name = name.as_str().to_string();
+        self.with_conn(move |c| {
+            c.execute("DELETE FROM configs WHERE name = ?1", [&name])
+                .map(|n| n == 1)
+                .map_err(internal)
+        })
+        .await
+    }
+
+    async fn search_candidates(&self, query: &SearchQuery) -> Result<Vec<Config>, StoreError> {
+        let (sql, args) = candidate_sql(query);
+        self.with_conn(move |c| {
+            let mut stmt = c.prepare(&sql).map_err(internal)?;
+            let rows = stmt
+                .query_map(rusqlite::params_from_iter(args.iter()), |r| Ok((r.get(0)?, r.get(1)?)))
+                .map_err(internal)?;
+            collect(rows)
+        })
+        .await
+    }
+}
+
+/// Narrows by name and, per condition, by the text or numeric value at the
+/// path inside some element (`json_each`). Loose on purpose: booleans and
+/// nulls come back as candidates and [`SearchQuery::results`] decides.
+fn candidate_sql(query: &SearchQuery) -> (String, Vec<rusqlite::types::Value>) {
+    use rusqlite::types::Value as Sql;
+    let mut sql = String::from("SELECT name, data FROM configs c WHERE 1");
+    let mut args: Vec<Sql> = Vec::new();
+    if let Some(name) = &query.name {
+        args.push(Sql::Text(name.as_str().to_string()));
+        sql.push_str(&format!(" AND c.name = ?{}", args.len()));
+    }
+    if !query.conditions.is_empty() {
+        sql.push_str(" AND EXISTS (SELECT 1 FROM json_each(c.data) e WHERE 1");
+        // A key holding `"` cannot be written as an SQLite JSON path label;
+        // such conditions are left to `SearchQuery::results` alone.
+        for cond in query
+            .conditions
+            .iter()
+            .filter(|c| c.path.iter().all(|s| !s.contains('"')))
+        {
+            let path = cond.path.iter().map(|seg| format!(".\"{seg}\"")).collect::<String>();
+            args.push(Sql::Text(format!("${path}")));
+            let p = args.len();
+            args.push(Sql::Text(cond.value.clone()));
+            let mut alternatives = vec![format!("json_extract(e.value, ?{p}) = ?{}", args.len())];
+            let number = match (cond.value.parse::<i64>(), cond.value.parse::<f64>()) {
+                (Ok(i), _) => Some(Sql::Integer(i)),
+                (_, Ok(f)) if f.is_finite() => Some(Sql::Real(f)),
+                _ => None,
+            };
+            if let Some(n) = number {
+                args.push(n);
+                alternatives.push(format!("json_extract(e.value, ?{p}) = ?{}", args.len()));
+            }
+            if matches!(cond.value.as_str(), "true" | "false" | "null") {
+                alternatives.push(format!("json_type(e.value, ?{p}) IN ('true', 'false', 'null')"));
+            }
+            sql.push_str(&format!(" AND ({})", alternatives.join(" OR ")));
+        }
+        sql.push(')');
+    }
+    sql.push_str(" ORDER BY c.name");
+    (sql, args)
+}
