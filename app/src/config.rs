@@ -240,7 +240,7 @@ impl Validate for AppConfig {
         if self.server.max_body.as_u64() == 0 {
             problems.push(Problem::new("server.max_body", "must be greater than zero"));
         }
-        if self.server.listen == self.server.admin_listen {
+        if self.server.listen == self.server.admin_listen && self.server.listen.port() != 0 {
             problems.push(Problem::new(
                 "server.admin_listen",
                 "must differ from server.listen: metrics never share the API port",
