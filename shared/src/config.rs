@@ -211,23 +211,71 @@ fn set_dotted(table: &mut toml::Table, key: &str, value: toml::Value) -> Result<
     Ok(())
 }
 
-fn deserialize<T: DeserializeOwned>(table: toml::Table, problems: &mut Vec<Problem>) -> Option<T> {
-    let mut unknown = Vec::new();
-    let mut track = serde_path_to_error::Track::new();
-    let value = toml::Value::Table(table);
-    let tracked = serde_path_to_error::Deserializer::new(value, &mut track);
-    let result = serde_ignored::deserialize(tracked, |path| unknown.push(path.to_string()));
-    for key in unknown {
-        problems.push(Problem::new(key, "unknown key"));
-    }
-    match result {
-        Ok(config) => Some(config),
-        Err(e) => {
-            let path = track.path().to_string();
-            let key = if path == "." { "(top level)".to_string() } else { path };
-            problems.push(Problem::new(key, e.to_string()));
-            None
+/// Deserializes `table` as far as possible, collecting unknown keys and type errors. On a type
+/// error the offending key is removed and deserialization retried, so one
+/// bad value does not hide the next (or the [`Validate`] rules); the bound
+/// on retries is the number of keys, which each retry shrinks.
+fn deserialize<T: DeserializeOwned>(mut table: toml::Table, problems: &mut Vec<Problem>) -> Option<T> {
+    let mut unknown: Vec<String> = Vec::new();
+    let mut type_errors = Vec::new();
+    let parsed = loop {
+        let mut track = serde_path_to_error::Track::new();
+        let value = toml::Value::Table(table.clone());
+        let tracked = serde_path_to_error::Deserializer::new(value, &mut track);
+        let result = serde_ignored::deserialize(tracked, |path| {
+            let key = path.to_string();
+            if !unknown.contains(&key) {
+                unknown.push(key);
+            }
+        });
+        match result {
+            Ok(config) => break Some(config),
+            Err(e) => {
+                let path = track.path();
+                let key = path.to_string();
+                // The TOML deserializer appends "in `key`"; the key is reported already.
+                let message = e.to_string();
+                let message = message.split("\nin `").next().unwrap_or_default().trim_end().to_string();
+                type_errors.push(Problem::new(if key == "." { "(top level)".into() } else { key }, message));
+                if !remove_path(&mut table, &path) {
+                    break None;
+                }
+            }
         }
+    };
+    problems.extend(unknown.into_iter().map(|key| Problem::new(key, "unknown key")));
+    problems.extend(type_errors);
+    // A config parsed only after dropping bad values comes back too, so its
+    // other problems are validated; the type errors above keep it from being
+    // accepted.
+    parsed
+}
+
+/// Removes the value at `path` from `table`; false if there is none.
+fn remove_path(table: &mut toml::Table, path: &serde_path_to_error::Path) -> bool {
+    use serde_path_to_error::Segment;
+    let segments: Vec<&Segment> = path.iter().collect();
+    let Some((last, parents)) = segments.split_last() else { return false };
+    let mut current = Some(table);
+    let mut value: Option<&mut toml::Value> = None;
+    for seg in parents {
+        let next = match (value.take(), current.take(), seg) {
+            (None, Some(t), Segment::Map { key }) => t.get_mut(key),
+            (Some(toml::Value::Table(t)), _, Segment::Map { key }) => t.get_mut(key),
+            (Some(toml::Value::Array(a)), _, Segment::Seq { index }) => a.get_mut(*index),
+            _ => None,
+        };
+        let Some(next) = next else { return false };
+        value = Some(next);
+    }
+    match (value, current, last) {
+        (None, Some(t), Segment::Map { key }) => t.remove(key).is_some(),
+        (Some(toml::Value::Table(t)), _, Segment::Map { key }) => t.remove(key).is_some(),
+        (Some(toml::Value::Array(a)), _, Segment::Seq { index }) if *index < a.len() => {
+            a.remove(*index);
+            true
+        }
+        _ => false,
     }
 }
 
@@ -369,6 +417,15 @@ mod tests {
         let f = file_with("[inner]\ntimeout = \"soon\"\n");
         let err = load::<Demo>(&Sources::default().with_file(f.path()), BINDINGS).expect_err("must fail");
         assert_eq!(err.problems[0].key, "inner.timeout", "{err}");
+    }
+
+    #[test]
+    fn type_errors_do_not_hide_each_other_or_the_validation_rules() {
+        let f = file_with("port = \"eighty\"\nname = \"\"\n[inner]\ntimeout = 5\n");
+        let err = load::<Demo>(&Sources::default().with_file(f.path()), BINDINGS).expect_err("must fail");
+        let keys: Vec<&str> = err.problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(keys, ["inner.timeout", "port", "name"], "{err}");
+        assert!(!err.to_string().contains("\nin `"), "{err}");
     }
 
     #[test]
