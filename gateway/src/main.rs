@@ -1,1 +1,84 @@
-fn main() {}
+//! `gateway`: run (`--config PATH`), validate (`--check-config`, like
+//! `nginx -t`), or make a development certificate (`gen-cert`).
+
+use clap::{Parser, Subcommand};
+use gateway::config::GatewayConfig;
+use gateway::startup::Gateway;
+use shared::shutdown::{self, CancellationToken};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Debug, Parser)]
+#[command(name = "gateway", about = "TLS edge proxy with a per-client rate limiter")]
+struct Cli {
+    /// The TOML configuration file.
+    #[arg(long, default_value = "gateway.toml")]
+    config: PathBuf,
+    /// Validate the configuration, print every problem, and exit.
+    #[arg(long)]
+    check_config: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Write a self-signed development certificate (never for production).
+    GenCert {
+        /// Directory for cert.pem and key.pem.
+        #[arg(long, default_value = "certs/dev")]
+        out: PathBuf,
+        /// Names the certificate is valid for.
+        #[arg(long = "name", default_values = ["localhost", "127.0.0.1", "::1"])]
+        names: Vec<String>,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(Command::GenCert { out, names }) = cli.command {
+        return match gateway::tls::write_self_signed(&out, &names) {
+            Ok(()) => {
+                println!(
+                    "wrote {0}/cert.pem and {0}/key.pem for {1}",
+                    out.display(),
+                    names.join(", ")
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("gateway: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let config = match GatewayConfig::load(&cli.config) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("gateway: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if cli.check_config {
+        println!("gateway: configuration {} is valid", cli.config.display());
+        return ExitCode::SUCCESS;
+    }
+    shared::telemetry::init(config.log.format);
+    let gateway = match Gateway::build(config).await {
+        Ok(g) => g,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "start-up failed");
+            return ExitCode::FAILURE;
+        }
+    };
+    let stop = CancellationToken::new();
+    shutdown::cancel_on(shutdown::signal(), stop.clone());
+    match gateway.run_until_stopped(stop).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "gateway failed");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -235,8 +235,16 @@ fn deserialize<T: DeserializeOwned>(mut table: toml::Table, problems: &mut Vec<P
                 let key = path.to_string();
                 // The TOML deserializer appends "in `key`"; the key is reported already.
                 let message = e.to_string();
-                let message = message.split("\nin `").next().unwrap_or_default().trim_end().to_string();
-                type_errors.push(Problem::new(if key == "." { "(top level)".into() } else { key }, message));
+                let message = message
+                    .split("\nin `")
+                    .next()
+                    .unwrap_or_default()
+                    .trim_end()
+                    .to_string();
+                type_errors.push(Problem::new(
+                    if key == "." { "(top level)".into() } else { key },
+                    message,
+                ));
                 if !remove_path(&mut table, &path) {
                     break None;
                 }
@@ -255,7 +263,9 @@ fn deserialize<T: DeserializeOwned>(mut table: toml::Table, problems: &mut Vec<P
 fn remove_path(table: &mut toml::Table, path: &serde_path_to_error::Path) -> bool {
     use serde_path_to_error::Segment;
     let segments: Vec<&Segment> = path.iter().collect();
-    let Some((last, parents)) = segments.split_last() else { return false };
+    let Some((last, parents)) = segments.split_last() else {
+        return false;
+    };
     let mut current = Some(table);
     let mut value: Option<&mut toml::Value> = None;
     for seg in parents {

@@ -4,9 +4,11 @@
 //!   variables, then `*_FILE` secret files, with every problem reported at once.
 //! - [`secret`]: a wrapper that keeps secret values out of `Debug` and logs.
 //! - [`telemetry`]: the one tracing-subscriber setup (text or JSON).
+//! - [`request_id`]: the request id rule shared by gateway and app.
 //! - [`shutdown`]: the stop signal, the token handed to every task, and the drain.
 
 pub mod config;
+pub mod request_id;
 pub mod secret;
 pub mod shutdown;
 pub mod telemetry;

@@ -10,7 +10,6 @@ use crate::errors::{ApiError, REQUEST_ID};
 use crate::state::AppState;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::{HeaderName, HeaderValue};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -18,8 +17,7 @@ use std::time::Instant;
 use tower::ServiceBuilder;
 use tower_http::trace::TraceLayer;
 
-/// Header carrying the request id, both ways.
-pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+use shared::request_id::HEADER as X_REQUEST_ID;
 
 /// The API router with its middleware, outermost first.
 pub fn api(state: AppState) -> Router {
@@ -87,17 +85,11 @@ async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed
 }
 
-/// Accepts a client's `X-Request-Id` when it is short and printable (it is
-/// echoed into logs and headers), otherwise makes a UUID; sets it on the
-/// request and the response and scopes it for problem bodies.
+/// Takes the client's `X-Request-Id` when safe (see `shared::request_id`),
+/// else makes one; sets it on the request and the response and scopes it
+/// for problem bodies.
 async fn request_id(mut req: Request, next: Next) -> Response {
-    let id = req
-        .headers()
-        .get(&X_REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .filter(|s| !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_graphic()))
-        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_string);
-    let value = HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("invalid"));
+    let (id, value) = shared::request_id::accept_or_generate(req.headers().get(&X_REQUEST_ID));
     req.headers_mut().insert(X_REQUEST_ID.clone(), value.clone());
     let mut response = REQUEST_ID.scope(id, next.run(req)).await;
     response.headers_mut().insert(X_REQUEST_ID.clone(), value);

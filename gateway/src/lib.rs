@@ -1,0 +1,19 @@
+//! The edge gateway: TLS termination, per-client limits, balancing across
+//! upstream replicas with health checks and retries, access logs and
+//! metrics. See `shared/design/GATEWAY.md` and the README.
+//!
+//! A request flows through [`server`] (accept, caps, TLS, hyper), [`stack`]
+//! (request id, access log and metrics, load shedding, body limit) and
+//! [`proxy`] (route, forward, retry) to a replica chosen by [`balancer`].
+
+pub mod admin;
+pub mod balancer;
+pub mod config;
+pub mod errors;
+pub mod health;
+pub mod metrics;
+pub mod proxy;
+pub mod server;
+pub mod stack;
+pub mod startup;
+pub mod tls;

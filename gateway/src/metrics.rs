@@ -1,0 +1,170 @@
+//! Gateway metrics (Prometheus text on the admin listener). The registry
+//! is an object, so each gateway instance and test counts on its own.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Route and status class of a request.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// The matched route's prefix, or `none`.
+    pub route: String,
+    /// `2xx` .. `5xx`.
+    pub class: &'static str,
+}
+
+/// A route.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    /// The matched route's prefix, or `none`.
+    pub route: String,
+}
+
+/// An upstream replica.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabels {
+    /// Upstream name.
+    pub upstream: String,
+    /// Replica address.
+    pub endpoint: String,
+}
+
+/// A retry and its cause.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RetryLabels {
+    /// Upstream name.
+    pub upstream: String,
+    /// `connect`, `reset`, `timeout` or `status`.
+    pub reason: &'static str,
+}
+
+/// A refused connection and why.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusedLabels {
+    /// `max_connections`, `max_connections_per_ip` or `tls_handshake`.
+    pub reason: &'static str,
+}
+
+type HistogramFamily = Family<RouteLabels, Histogram, fn() -> Histogram>;
+
+/// Every gateway metric.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Requests by route and status class.
+    pub requests: Family<RequestLabels, Counter>,
+    /// Latency to the end of the response, by route.
+    pub latency: HistogramFamily,
+    /// Requests being served now.
+    pub in_flight: Gauge,
+    /// Open client connections.
+    pub connections: Gauge,
+    /// Connections closed at once, by reason.
+    pub refused: Family<RefusedLabels, Counter>,
+    /// 1 when a replica is available, 0 when not.
+    pub upstream_healthy: Family<EndpointLabels, Gauge>,
+    /// Retries by upstream and cause.
+    pub retries: Family<RetryLabels, Counter>,
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_25, 2.0, 16))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("gateway");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let latency: HistogramFamily = Family::new_with_constructor(latency_histogram);
+        let in_flight = Gauge::default();
+        let connections = Gauge::default();
+        let refused = Family::<RefusedLabels, Counter>::default();
+        let upstream_healthy = Family::<EndpointLabels, Gauge>::default();
+        let retries = Family::<RetryLabels, Counter>::default();
+        registry.register("requests", "Requests by route and status class", requests.clone());
+        registry.register(
+            "request_duration_seconds",
+            "Time to the end of the response, by route",
+            latency.clone(),
+        );
+        registry.register("requests_in_flight", "Requests being served", in_flight.clone());
+        registry.register("connections_open", "Open client connections", connections.clone());
+        registry.register(
+            "connections_refused",
+            "Connections closed at once, by reason",
+            refused.clone(),
+        );
+        registry.register(
+            "upstream_healthy",
+            "1 when a replica is available",
+            upstream_healthy.clone(),
+        );
+        registry.register("upstream_retries", "Retries by upstream and cause", retries.clone());
+        Self {
+            registry,
+            requests,
+            latency,
+            in_flight,
+            connections,
+            refused,
+            upstream_healthy,
+            retries,
+        }
+    }
+}
+
+impl Metrics {
+    /// Counts a finished request.
+    pub fn observe(&self, route: &str, status: u16, seconds: f64) {
+        let class = match status {
+            100..=199 => "1xx",
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        };
+        let route = route.to_string();
+        self.requests
+            .get_or_create(&RequestLabels {
+                route: route.clone(),
+                class,
+            })
+            .inc();
+        self.latency.get_or_create(&RouteLabels { route }).observe(seconds);
+    }
+
+    /// Counts a retry.
+    pub fn retry(&self, upstream: &str, reason: &'static str) {
+        self.retries
+            .get_or_create(&RetryLabels {
+                upstream: upstream.to_string(),
+                reason,
+            })
+            .inc();
+    }
+
+    /// Counts a refused connection.
+    pub fn refuse(&self, reason: &'static str) {
+        self.refused.get_or_create(&RefusedLabels { reason }).inc();
+    }
+
+    /// Sets a replica's availability gauge.
+    pub fn set_healthy(&self, upstream: &str, endpoint: &str, available: bool) {
+        let labels = EndpointLabels {
+            upstream: upstream.to_string(),
+            endpoint: endpoint.to_string(),
+        };
+        self.upstream_healthy.get_or_create(&labels).set(i64::from(available));
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

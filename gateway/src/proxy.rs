@@ -1,0 +1,472 @@
+//! The innermost service: route by path prefix, rewrite the request for the
+//! upstream, forward it through a pooled keep-alive client, retry when safe.
+//!
+//! Retry rules (GATEWAY.md): a connection that failed before anything was
+//! sent is retried on another replica for any method (the request body is
+//! untouched then, and is reclaimed for the next try); a 502/503, a reset
+//! after sending, or a timeout is retried only for idempotent methods whose
+//! body was empty or small enough to buffer (`retry_buffer`). Tries are
+//! bounded by `max_tries`, and nothing is retried once the response head has
+//! been handed on, so no client ever sees bytes from two attempts.
+
+use crate::balancer::{Endpoint, InFlight, Upstream};
+use crate::errors::GatewayError;
+use crate::metrics::Metrics;
+use crate::server::ClientInfo;
+use crate::stack::UpstreamAddr;
+use axum::body::Body;
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::BodyExt;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+/// A route: requests whose path starts with `prefix` go to `upstream`.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// The path prefix (also the metrics label).
+    pub prefix: Arc<str>,
+    /// Where matching requests go.
+    pub upstream: Arc<UpstreamClient>,
+}
+
+/// An upstream and the pooled client that reaches its replicas.
+#[derive(Debug)]
+pub struct UpstreamClient {
+    /// Replicas and balancing.
+    pub upstream: Arc<Upstream>,
+    client: Client<HttpConnector, Body>,
+}
+
+impl UpstreamClient {
+    /// A client with the upstream's connect timeout and keep-alive pool.
+    pub fn new(upstream: Arc<Upstream>) -> Self {
+        let s = &upstream.settings;
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(s.connect_timeout));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(s.keepalive_timeout)
+            .pool_max_idle_per_host(s.keepalive_max_idle)
+            .build(connector);
+        Self { upstream, client }
+    }
+
+    /// Sends a prepared request to one replica (used by health checks too).
+    pub async fn send(
+        &self,
+        req: Request<Body>,
+    ) -> Result<Response<hyper::body::Incoming>, hyper_util::client::legacy::Error> {
+        self.client.request(req).await
+    }
+}
+
+/// The routing table, longest prefix first.
+#[derive(Debug, Clone)]
+pub struct Routes(Vec<Route>);
+
+impl Routes {
+    /// Builds the table; ties cannot happen (config validation refuses them).
+    pub fn new(mut routes: Vec<Route>) -> Self {
+        routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
+        Self(routes)
+    }
+
+    /// The route for `path`, if any.
+    pub fn find(&self, path: &str) -> Option<&Route> {
+        self.0.iter().find(|r| path.starts_with(&*r.prefix))
+    }
+}
+
+/// Forwarding settings shared by every route.
+#[derive(Debug, Clone)]
+pub struct Proxy {
+    /// The routing table.
+    pub routes: Routes,
+    /// Largest request body.
+    pub max_body: u64,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+}
+
+/// Headers that describe one hop and are never forwarded.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Removes hop-by-hop headers, including those `Connection` names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+    headers.remove("proxy-connection");
+}
+
+/// Sets the forwarding headers from what the gateway observed, replacing
+/// anything the client sent (a client cannot choose its own address).
+pub fn set_forwarded(headers: &mut HeaderMap, client: &ClientInfo, host: Option<HeaderValue>) {
+    headers.remove(header::FORWARDED);
+    let ip = HeaderValue::from_str(&client.ip.to_string()).expect("an IP address is a valid header value");
+    headers.insert(HeaderName::from_static("x-forwarded-for"), ip.clone());
+    headers.insert(HeaderName::from_static("x-real-ip"), ip);
+    let proto = if client.tls { "https" } else { "http" };
+    headers.insert(
+        HeaderName::from_static("x-forwarded-proto"),
+        HeaderValue::from_static(proto),
+    );
+    match host {
+        Some(h) => {
+            headers.insert(HeaderName::from_static("x-forwarded-host"), h);
+        }
+        None => {
+            headers.remove(HeaderName::from_static("x-forwarded-host"));
+        }
+    }
+}
+
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+/// The request body, in the form that decides what can be retried.
+enum Replay {
+    /// No body: any number of tries.
+    Empty,
+    /// A small idempotent body, buffered: any number of tries.
+    Buffered(Bytes),
+    /// A streamed body: reusable only until it is first read.
+    Once(OnceSlot),
+}
+
+#[derive(Clone)]
+struct OnceSlot {
+    body: Arc<Mutex<Option<Body>>>,
+    started: Arc<AtomicBool>,
+}
+
+/// A handle on the single-use body; reading it marks it started.
+struct OnceBody(OnceSlot);
+
+impl http_body::Body for OnceBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        self.0.started.store(true, Ordering::Release);
+        let mut slot = self.0.body.lock().unwrap_or_else(|e| e.into_inner());
+        match slot.as_mut() {
+            Some(body) => Pin::new(body).poll_frame(cx),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        let slot = self.0.body.lock().unwrap_or_else(|e| e.into_inner());
+        slot.as_ref().is_none_or(http_body::Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        let slot = self.0.body.lock().unwrap_or_else(|e| e.into_inner());
+        slot.as_ref().map(http_body::Body::size_hint).unwrap_or_default()
+    }
+}
+
+impl Replay {
+    /// A body for the next try, or `None` if the body is gone.
+    fn body(&self) -> Option<Body> {
+        match self {
+            Self::Empty => Some(Body::empty()),
+            Self::Buffered(bytes) => Some(Body::from(bytes.clone())),
+            Self::Once(slot) if !slot.started.load(Ordering::Acquire) => Some(Body::new(OnceBody(slot.clone()))),
+            Self::Once(_) => None,
+        }
+    }
+
+    /// Whether a try that already sent the request can be repeated.
+    fn replayable_after_send(&self) -> bool {
+        !matches!(self, Self::Once(_))
+    }
+}
+
+/// The response body from a replica, holding the replica's in-flight count
+/// until the client has it all (least-requests sees streaming responses).
+struct Guarded {
+    inner: hyper::body::Incoming,
+    _in_flight: InFlight,
+}
+
+impl http_body::Body for Guarded {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// How one try ended, when it did not produce the final response.
+enum Failure {
+    Connect(String),
+    Reset(String),
+    Timeout,
+    Status(Response<Body>),
+    BodyTooLarge,
+}
+
+impl Proxy {
+    /// Forwards `req` to its route's upstream.
+    pub async fn forward(&self, req: Request<Body>) -> Result<Response<Body>, GatewayError> {
+        let route = self.routes.find(req.uri().path()).ok_or(GatewayError::NoRoute)?.clone();
+        let upstream = &route.upstream.upstream;
+        let settings = &upstream.settings;
+        let client = req
+            .extensions()
+            .get::<ClientInfo>()
+            .copied()
+            .ok_or_else(|| GatewayError::BadRequest("no client address".into()))?;
+        let (mut parts, body) = req.into_parts();
+        let host = parts.headers.get(header::HOST).cloned().or_else(|| {
+            parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
+        strip_hop_by_hop(&mut parts.headers);
+        set_forwarded(&mut parts.headers, &client, host.clone());
+        if let Some(h) = &host {
+            parts.headers.insert(header::HOST, h.clone());
+        }
+        let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
+        let replay = self.prepare_body(&parts, body, settings.retry_buffer.as_u64()).await?;
+
+        let idempotent = is_idempotent(&parts.method);
+        let mut tried: Vec<SocketAddr> = Vec::new();
+        let mut last: Option<Failure> = None;
+        for attempt in 0..settings.max_tries {
+            let Some(endpoint) = upstream.pick(&tried) else { break };
+            let Some(body) = replay.body() else { break };
+            tried.push(endpoint.addr);
+            let uri = Uri::builder()
+                .scheme("http")
+                .authority(endpoint.authority.clone())
+                .path_and_query(path_and_query.as_str())
+                .build()
+                .map_err(|e| GatewayError::BadRequest(e.to_string()))?;
+            let mut attempt_req = Request::new(body);
+            *attempt_req.method_mut() = parts.method.clone();
+            *attempt_req.uri_mut() = uri;
+            *attempt_req.version_mut() = Version::HTTP_11;
+            *attempt_req.headers_mut() = parts.headers.clone();
+
+            let failure = match self.try_once(&route, &endpoint, attempt_req).await {
+                Ok(response) => return Ok(response),
+                Err(failure) => failure,
+            };
+            let retry_reason = match &failure {
+                Failure::Connect(_) => Some("connect"),
+                Failure::Reset(_) if idempotent && replay.replayable_after_send() => Some("reset"),
+                Failure::Timeout if idempotent && replay.replayable_after_send() => Some("timeout"),
+                Failure::Status(_) if idempotent && replay.replayable_after_send() => Some("status"),
+                _ => None,
+            };
+            let Some(reason) = retry_reason else {
+                last = Some(failure);
+                break;
+            };
+            if attempt + 1 < settings.max_tries {
+                self.metrics.retry(&upstream.name, reason);
+                tracing::warn!(upstream = %upstream.name, endpoint = %endpoint.addr, reason, "retrying on another replica");
+            }
+            last = Some(failure);
+        }
+        match last {
+            None => Err(GatewayError::NoHealthyUpstream(upstream.name.clone())),
+            Some(Failure::Status(response)) => Ok(response),
+            Some(Failure::Connect(why) | Failure::Reset(why)) => Err(GatewayError::BadGateway(why)),
+            Some(Failure::Timeout) => Err(GatewayError::GatewayTimeout(settings.response_timeout)),
+            Some(Failure::BodyTooLarge) => Err(GatewayError::PayloadTooLarge(self.max_body)),
+        }
+    }
+
+    /// Decides how the body travels: empty, buffered (small, idempotent) or
+    /// streamed once. The stack has already capped it at `max_body`.
+    async fn prepare_body(
+        &self,
+        parts: &http::request::Parts,
+        body: Body,
+        retry_buffer: u64,
+    ) -> Result<Replay, GatewayError> {
+        let declared = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if http_body::Body::is_end_stream(&body) || declared == Some(0) {
+            return Ok(Replay::Empty);
+        }
+        if is_idempotent(&parts.method) && declared.is_some_and(|n| n <= retry_buffer) {
+            let bytes = body
+                .collect()
+                .await
+                .map_err(|e| body_error(&e, self.max_body))?
+                .to_bytes();
+            return Ok(Replay::Buffered(bytes));
+        }
+        Ok(Replay::Once(OnceSlot {
+            body: Arc::new(Mutex::new(Some(body))),
+            started: Arc::new(AtomicBool::new(false)),
+        }))
+    }
+
+    /// One try against one replica, with passive health bookkeeping.
+    async fn try_once(
+        &self,
+        route: &Route,
+        endpoint: &Arc<Endpoint>,
+        req: Request<Body>,
+    ) -> Result<Response<Body>, Failure> {
+        let settings = &route.upstream.upstream.settings;
+        let in_flight = endpoint.start();
+        let sent = tokio::time::timeout(settings.response_timeout, route.upstream.send(req)).await;
+        let fail = |why| {
+            if endpoint.record_failure(settings.max_fails, settings.fail_timeout) {
+                tracing::warn!(upstream = %route.upstream.upstream.name, endpoint = %endpoint.addr, "replica ejected after repeated failures");
+            }
+            why
+        };
+        match sent {
+            Err(_) => Err(fail(Failure::Timeout)),
+            Ok(Err(e)) if is_body_too_large(&e) => Err(Failure::BodyTooLarge),
+            Ok(Err(e)) if e.is_connect() => Err(fail(Failure::Connect(error_chain(&e)))),
+            Ok(Err(e)) => Err(fail(Failure::Reset(error_chain(&e)))),
+            Ok(Ok(response)) => {
+                let (mut parts, body) = response.into_parts();
+                strip_hop_by_hop(&mut parts.headers);
+                parts.extensions.insert(UpstreamAddr(endpoint.addr));
+                let response = Response::from_parts(
+                    parts,
+                    Body::new(Guarded {
+                        inner: body,
+                        _in_flight: in_flight,
+                    }),
+                );
+                if matches!(
+                    response.status(),
+                    StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE
+                ) {
+                    Err(fail(Failure::Status(response)))
+                } else {
+                    endpoint.record_success();
+                    Ok(response)
+                }
+            }
+        }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+fn is_body_too_large(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = current {
+        if err.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        current = err.source();
+    }
+    false
+}
+
+fn body_error(e: &axum::Error, max_body: u64) -> GatewayError {
+    if is_body_too_large(e) {
+        GatewayError::PayloadTooLarge(max_body)
+    } else {
+        GatewayError::BadRequest(format!("cannot read the request body: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_and_those_connection_names_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn forwarding_headers_replace_what_the_client_sent() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
+        h.insert("x-real-ip", HeaderValue::from_static("6.6.6.6"));
+        h.insert(header::FORWARDED, HeaderValue::from_static("for=6.6.6.6"));
+        let client = ClientInfo {
+            peer: "10.1.2.3:5555".parse().expect("addr"),
+            ip: "10.1.2.3".parse().expect("ip"),
+            tls: true,
+        };
+        set_forwarded(&mut h, &client, Some(HeaderValue::from_static("example.com")));
+        assert_eq!(h["x-forwarded-for"], "10.1.2.3");
+        assert_eq!(h["x-real-ip"], "10.1.2.3");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], "example.com");
+        assert!(!h.contains_key(header::FORWARDED));
+    }
+}

@@ -1,0 +1,288 @@
+//! Accepting connections: connection caps (global and per client IP), the
+//! TLS handshake with a timeout, hyper's auto HTTP/1.1 + HTTP/2 server with
+//! a timer (so the header read timeout is enforced), an idle timeout, the
+//! client address in request extensions, and per-connection graceful
+//! shutdown when the stop token fires.
+
+use crate::config::Limits;
+use crate::metrics::Metrics;
+use axum::body::Body;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use shared::shutdown::{CancellationToken, TaskTracker};
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt;
+use tower::util::BoxCloneService;
+
+/// What the gateway observed about the client of a request; in every
+/// request's extensions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientInfo {
+    /// The TCP peer.
+    pub peer: SocketAddr,
+    /// The client address used for keys and forwarding headers.
+    pub ip: IpAddr,
+    /// Whether the connection is TLS.
+    pub tls: bool,
+}
+
+/// The service every connection of a listener runs.
+pub type HttpService = BoxCloneService<Request<Body>, Response<Body>, Infallible>;
+
+/// Open-connection accounting: a global cap and a per-IP cap.
+#[derive(Debug)]
+pub struct ConnectionLimits {
+    global: Arc<Semaphore>,
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    max_per_ip: usize,
+}
+
+/// One open connection's share of the limits; released on drop.
+#[derive(Debug)]
+pub struct ConnectionSlot {
+    _global: OwnedSemaphorePermit,
+    limits: Arc<ConnectionLimits>,
+    ip: IpAddr,
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        let mut map = self.limits.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
+}
+
+impl ConnectionLimits {
+    /// Limits from the configuration.
+    pub fn new(limits: &Limits) -> Arc<Self> {
+        Arc::new(Self {
+            global: Arc::new(Semaphore::new(limits.max_connections)),
+            per_ip: Mutex::new(HashMap::new()),
+            max_per_ip: limits.max_connections_per_ip,
+        })
+    }
+
+    /// A slot for a connection from `ip`, or the name of the cap it hits.
+    pub fn acquire(self: &Arc<Self>, ip: IpAddr) -> Result<ConnectionSlot, &'static str> {
+        let global = self.global.clone().try_acquire_owned().map_err(|_| "max_connections")?;
+        let mut map = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        let n = map.entry(ip).or_insert(0);
+        if *n >= self.max_per_ip {
+            return Err("max_connections_per_ip");
+        }
+        *n += 1;
+        Ok(ConnectionSlot {
+            _global: global,
+            limits: self.clone(),
+            ip,
+        })
+    }
+}
+
+/// Everything the accept loops share.
+#[derive(Debug)]
+pub struct ServerContext {
+    /// Limits and timeouts.
+    pub limits: Limits,
+    /// Open-connection caps.
+    pub connections: Arc<ConnectionLimits>,
+    /// hyper's connection builder, configured once.
+    pub builder: auto::Builder<TokioExecutor>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Fires at shutdown.
+    pub stop: CancellationToken,
+    /// Tracks connection tasks for the drain.
+    pub tracker: TaskTracker,
+}
+
+impl ServerContext {
+    /// A context whose hyper builder enforces `limits`.
+    pub fn new(limits: Limits, metrics: Arc<Metrics>, stop: CancellationToken, tracker: TaskTracker) -> Self {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        let max_header = usize::try_from(limits.max_header_size.as_u64()).unwrap_or(usize::MAX);
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            .max_buf_size(max_header.max(8192));
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(limits.h2_max_concurrent_streams)
+            .max_header_list_size(u32::try_from(max_header).unwrap_or(u32::MAX))
+            .keep_alive_interval(Some(Duration::from_secs(30)))
+            .keep_alive_timeout(Duration::from_secs(10));
+        Self {
+            connections: ConnectionLimits::new(&limits),
+            limits,
+            builder,
+            metrics,
+            stop,
+            tracker,
+        }
+    }
+}
+
+/// Accepts connections on `listener` until the stop token fires, serving
+/// each with `service` (over TLS when `tls` is set).
+pub async fn accept_loop(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    service: HttpService,
+    ctx: Arc<ServerContext>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            () = ctx.stop.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(error) => {
+                // Out of file descriptors and the like: back off, keep going.
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let slot = match ctx.connections.acquire(peer.ip()) {
+            Ok(slot) => slot,
+            Err(reason) => {
+                ctx.metrics.refuse(reason);
+                tracing::debug!(%peer, reason, "connection refused");
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let (ctx2, service, tls) = (ctx.clone(), service.clone(), tls.clone());
+        ctx.tracker.spawn(async move {
+            ctx2.metrics.connections.inc();
+            handle(stream, peer, tls, service, &ctx2).await;
+            ctx2.metrics.connections.dec();
+            drop(slot);
+        });
+    }
+    tracing::debug!("listener closed");
+}
+
+async fn handle(
+    stream: TcpStream,
+    peer: SocketAddr,
+    tls: Option<TlsAcceptor>,
+    service: HttpService,
+    ctx: &ServerContext,
+) {
+    let info = ClientInfo {
+        peer,
+        ip: peer.ip(),
+        tls: tls.is_some(),
+    };
+    match tls {
+        None => serve(stream, info, service, ctx).await,
+        Some(acceptor) => match tokio::time::timeout(ctx.limits.tls_handshake_timeout, acceptor.accept(stream)).await {
+            Ok(Ok(tls_stream)) => serve(tls_stream, info, service, ctx).await,
+            Ok(Err(error)) => {
+                ctx.metrics.refuse("tls_handshake");
+                tracing::debug!(%peer, %error, "TLS handshake failed");
+            }
+            Err(_) => {
+                ctx.metrics.refuse("tls_handshake");
+                tracing::debug!(%peer, "TLS handshake timed out");
+            }
+        },
+    }
+}
+
+/// Activity of one connection, for the idle timeout.
+#[derive(Debug)]
+struct Activity {
+    started: Instant,
+    active: AtomicUsize,
+    last_millis: AtomicU64,
+}
+
+impl Activity {
+    fn touch(&self) {
+        let ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_millis.store(ms, Ordering::Relaxed);
+    }
+
+    /// When the connection becomes idle-expired if nothing happens.
+    fn deadline(&self, idle: Duration) -> tokio::time::Instant {
+        let last = Duration::from_millis(self.last_millis.load(Ordering::Relaxed));
+        tokio::time::Instant::from_std(self.started + last + idle)
+    }
+
+    fn is_idle(&self, idle: Duration) -> bool {
+        self.active.load(Ordering::Relaxed) == 0 && tokio::time::Instant::now() >= self.deadline(idle)
+    }
+}
+
+async fn serve<I>(io: I, info: ClientInfo, service: HttpService, ctx: &ServerContext)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let activity = Arc::new(Activity {
+        started: Instant::now(),
+        active: AtomicUsize::new(0),
+        last_millis: AtomicU64::new(0),
+    });
+    let tracked = activity.clone();
+    let hyper_service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let mut req = req.map(Body::new);
+        req.extensions_mut().insert(info);
+        let activity = tracked.clone();
+        activity.active.fetch_add(1, Ordering::Relaxed);
+        let call = service.clone().oneshot(req);
+        async move {
+            let response = call.await;
+            activity.active.fetch_sub(1, Ordering::Relaxed);
+            activity.touch();
+            response
+        }
+    });
+    let conn = ctx.builder.serve_connection(TokioIo::new(io), hyper_service);
+    tokio::pin!(conn);
+    let idle = ctx.limits.idle_timeout;
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(error) = result {
+                    tracing::debug!(peer = %info.peer, %error, "connection ended with an error");
+                }
+                break;
+            }
+            () = ctx.stop.cancelled(), if !closing => {
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            () = tokio::time::sleep_until(activity.deadline(idle)), if !closing => {
+                if activity.is_idle(idle) {
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                } else {
+                    // Requests are running: look again one idle period from now.
+                    activity.touch();
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,256 @@
+//! The only place the request layers are ordered, outermost first, each
+//! with the reason it sits where it does.
+
+use crate::errors::GatewayError;
+use crate::metrics::Metrics;
+use crate::proxy::{Proxy, Routes};
+use crate::server::{ClientInfo, HttpService};
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::middleware::{self, Next};
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use http_body_util::Limited;
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+use tokio::sync::Semaphore;
+use tower::ServiceBuilder;
+use tower::util::BoxCloneService;
+
+/// The request id of a request, in its extensions.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub Arc<str>);
+
+/// The replica that answered, in the response's extensions (for the access log).
+#[derive(Debug, Clone, Copy)]
+pub struct UpstreamAddr(pub std::net::SocketAddr);
+
+/// What the layers share.
+#[derive(Debug, Clone)]
+pub struct StackState {
+    /// The innermost service.
+    pub proxy: Arc<Proxy>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Requests allowed in flight at once.
+    pub in_flight: Arc<Semaphore>,
+    /// Largest request body.
+    pub max_body: u64,
+}
+
+/// The proxying stack of the HTTPS listener (and of HTTP in `proxy` mode).
+pub fn proxy_stack(state: StackState) -> HttpService {
+    let observe_state = ObserveState {
+        metrics: state.metrics.clone(),
+        routes: state.proxy.routes.clone(),
+    };
+    let proxy = state.proxy.clone();
+    let inner = tower::service_fn(move |req: Request| {
+        let proxy = proxy.clone();
+        async move {
+            let id = request_id(&req);
+            Ok::<_, Infallible>(proxy.forward(req).await.unwrap_or_else(|e| e.into_response_with(&id)))
+        }
+    });
+    let service = ServiceBuilder::new()
+        // Outermost: every later layer, log line and error body sees the id.
+        .layer(middleware::from_fn(assign_request_id))
+        // Access log and metrics see the final status, errors included, and
+        // the whole response body (bytes, time to last byte).
+        .layer(middleware::from_fn_with_state(observe_state, observe))
+        // Shed load before doing any work for the request.
+        .layer(middleware::from_fn_with_state(state.clone(), shed_load))
+        // The rate limiter slots in here: after shedding, before any body
+        // is read or upstream touched.
+        // Refuse oversized bodies before the proxy streams them anywhere.
+        .layer(middleware::from_fn_with_state(state, limit_body))
+        .service(inner);
+    BoxCloneService::new(service)
+}
+
+/// The stack of the plain-HTTP listener in `redirect` mode: 308 to https.
+pub fn redirect_stack(metrics: Arc<Metrics>, https_port: u16) -> HttpService {
+    let inner = tower::service_fn(move |req: Request| async move {
+        let id = request_id(&req);
+        Ok::<_, Infallible>(redirect(&req, https_port).unwrap_or_else(|e| e.into_response_with(&id)))
+    });
+    let state = ObserveState {
+        metrics,
+        routes: Routes::new(Vec::new()),
+    };
+    let service = ServiceBuilder::new()
+        .layer(middleware::from_fn(assign_request_id))
+        .layer(middleware::from_fn_with_state(state, observe))
+        .service(inner);
+    BoxCloneService::new(service)
+}
+
+fn request_id(req: &Request) -> Arc<str> {
+    req.extensions()
+        .get::<RequestId>()
+        .map_or_else(|| Arc::from(""), |r| r.0.clone())
+}
+
+/// `https://HOST[:PORT]/PATH?QUERY` for the request, or 400 without a host.
+fn redirect(req: &Request, https_port: u16) -> Result<Response<Body>, GatewayError> {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| req.uri().host().map(str::to_string))
+        .ok_or_else(|| GatewayError::BadRequest("a Host header is required".into()))?;
+    let authority: http::uri::Authority = host
+        .parse()
+        .map_err(|_| GatewayError::BadRequest("invalid Host header".into()))?;
+    let port = if https_port == 443 {
+        String::new()
+    } else {
+        format!(":{https_port}")
+    };
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let location = format!("https://{}{port}{path}", authority.host());
+    let location =
+        HeaderValue::from_str(&location).map_err(|_| GatewayError::BadRequest("invalid Host header".into()))?;
+    let mut response = Response::new(Body::empty());
+    *response.status_mut() = StatusCode::PERMANENT_REDIRECT;
+    response.headers_mut().insert(header::LOCATION, location);
+    Ok(response)
+}
+
+async fn assign_request_id(mut req: Request, next: Next) -> Response<Body> {
+    let header = &shared::request_id::HEADER;
+    let (id, value) = shared::request_id::accept_or_generate(req.headers().get(header));
+    req.headers_mut().insert(header.clone(), value.clone());
+    req.extensions_mut().insert(RequestId(Arc::from(id)));
+    let mut response = next.run(req).await;
+    response.headers_mut().insert(header.clone(), value);
+    response
+}
+
+async fn shed_load(State(state): State<StackState>, req: Request, next: Next) -> Response<Body> {
+    match state.in_flight.clone().try_acquire_owned() {
+        Ok(permit) => {
+            let response = next.run(req).await;
+            drop(permit);
+            response
+        }
+        Err(_) => GatewayError::Overloaded.into_response_with(&request_id(&req)),
+    }
+}
+
+async fn limit_body(State(state): State<StackState>, req: Request, next: Next) -> Response<Body> {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > state.max_body) {
+        return GatewayError::PayloadTooLarge(state.max_body).into_response_with(&request_id(&req));
+    }
+    let max = usize::try_from(state.max_body).unwrap_or(usize::MAX);
+    next.run(req.map(|body| Body::new(Limited::new(body, max)))).await
+}
+
+/// Access-log fields gathered while the request runs; logged once, when
+/// the response body ends or is dropped.
+struct AccessLog {
+    metrics: Arc<Metrics>,
+    started: Instant,
+    client: Option<ClientInfo>,
+    method: http::Method,
+    path: String,
+    route: Arc<str>,
+    request_id: Arc<str>,
+    status: u16,
+    upstream: Option<std::net::SocketAddr>,
+    bytes: u64,
+}
+
+impl Drop for AccessLog {
+    fn drop(&mut self) {
+        let seconds = self.started.elapsed().as_secs_f64();
+        self.metrics.observe(&self.route, self.status, seconds);
+        self.metrics.in_flight.dec();
+        tracing::info!(
+            target: "access",
+            client = %self.client.map_or_else(String::new, |c| c.ip.to_string()),
+            method = %self.method,
+            path = %self.path,
+            status = self.status,
+            route = %self.route,
+            upstream = %self.upstream.map_or_else(String::new, |a| a.to_string()),
+            latency_ms = seconds * 1000.0,
+            bytes = self.bytes,
+            request_id = %self.request_id,
+        );
+    }
+}
+
+/// The response body, counting bytes for the access log.
+struct Observed {
+    inner: Body,
+    log: AccessLog,
+}
+
+impl http_body::Body for Observed {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                self.log.bytes += data.len() as u64;
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// What the access log and metrics layer needs.
+#[derive(Debug, Clone)]
+struct ObserveState {
+    metrics: Arc<Metrics>,
+    routes: Routes,
+}
+
+async fn observe(State(state): State<ObserveState>, req: Request, next: Next) -> Response<Body> {
+    state.metrics.in_flight.inc();
+    let route = state
+        .routes
+        .find(req.uri().path())
+        .map_or_else(|| Arc::from("none"), |r| r.prefix.clone());
+    let log = AccessLog {
+        metrics: state.metrics.clone(),
+        started: Instant::now(),
+        client: req.extensions().get::<ClientInfo>().copied(),
+        method: req.method().clone(),
+        path: req.uri().path().to_string(),
+        route,
+        request_id: request_id(&req),
+        status: 0,
+        upstream: None,
+        bytes: 0,
+    };
+    let mut log = log;
+    let response = next.run(req).await;
+    let (parts, body) = response.into_parts();
+    log.status = parts.status.as_u16();
+    log.upstream = parts.extensions.get::<UpstreamAddr>().map(|u| u.0);
+    Response::from_parts(parts, Body::new(Observed { inner: body, log }))
+}
