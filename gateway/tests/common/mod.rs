@@ -1,0 +1,160 @@
+//! Test helpers: upstream replicas and gateways on port 0, generated
+//! certificates, and clients that trust them. Every test builds its own.
+#![allow(dead_code)]
+
+pub mod upstream;
+
+use gateway::config::GatewayConfig;
+use gateway::startup::Gateway;
+use shared::shutdown::CancellationToken;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use tokio::task::JoinHandle;
+
+/// A running gateway.
+#[derive(Debug)]
+pub struct TestGateway {
+    /// HTTPS listener.
+    pub https: Option<SocketAddr>,
+    /// HTTP listener.
+    pub http: Option<SocketAddr>,
+    /// Admin listener.
+    pub admin: SocketAddr,
+    /// The development certificate it serves.
+    pub cert_pem: String,
+    /// Directory holding its files.
+    pub dir: tempfile::TempDir,
+    stop: CancellationToken,
+    handle: JoinHandle<anyhow::Result<()>>,
+}
+
+/// Writes a certificate for `localhost` into `dir`; returns its PEM.
+pub fn dev_cert(dir: &std::path::Path) -> String {
+    gateway::tls::write_self_signed(dir, &["localhost".into(), "127.0.0.1".into()]).expect("certificate");
+    std::fs::read_to_string(dir.join("cert.pem")).expect("read cert")
+}
+
+/// The `[server]` and `[tls]` tables of a test gateway on port 0, followed
+/// by `rest` (upstreams, routes, limits...).
+pub fn config_text(dir: &std::path::Path, server_extra: &str, rest: &str) -> String {
+    format!(
+        r#"
+[server]
+https = "127.0.0.1:0"
+http = "127.0.0.1:0"
+admin = "127.0.0.1:0"
+shutdown_grace = "5s"
+{server_extra}
+
+[tls]
+cert = "{cert}"
+key = "{key}"
+
+{rest}
+"#,
+        cert = dir.join("cert.pem").display(),
+        key = dir.join("key.pem").display(),
+    )
+}
+
+/// An upstream table named `app` over `addrs`, plus a catch-all route.
+pub fn upstream_text(addrs: &[SocketAddr], extra: &str) -> String {
+    let servers: Vec<String> = addrs.iter().map(|a| format!("\"{a}\"")).collect();
+    format!(
+        r#"
+[upstreams.app]
+servers = [{}]
+{extra}
+
+[[routes]]
+path_prefix = "/"
+upstream = "app"
+"#,
+        servers.join(", ")
+    )
+}
+
+/// Starts a gateway from a configuration text (see [`config_text`]).
+pub async fn spawn_gateway(dir: tempfile::TempDir, text: &str) -> TestGateway {
+    shared::telemetry::init_for_tests();
+    let path: PathBuf = dir.path().join("gateway.toml");
+    std::fs::write(&path, text).expect("write config");
+    let config = GatewayConfig::load(&path).unwrap_or_else(|e| panic!("test config invalid: {e}"));
+    let gateway = Gateway::build(config).await.expect("gateway builds");
+    let (https, http, admin) = (gateway.https_addr(), gateway.http_addr(), gateway.admin_addr());
+    let stop = CancellationToken::new();
+    let handle = tokio::spawn(gateway.run_until_stopped(stop.clone()));
+    let cert_pem = std::fs::read_to_string(dir.path().join("cert.pem")).unwrap_or_default();
+    TestGateway {
+        https,
+        http,
+        admin,
+        cert_pem,
+        dir,
+        stop,
+        handle,
+    }
+}
+
+/// A gateway with a fresh certificate in front of `addrs`; `upstream_extra`
+/// goes into `[upstreams.app]`, `rest` after it (limits, more tables).
+pub async fn gateway_for(addrs: &[SocketAddr], upstream_extra: &str, rest: &str) -> TestGateway {
+    let dir = tempfile::tempdir().expect("dir");
+    dev_cert(dir.path());
+    let text = config_text(
+        dir.path(),
+        "",
+        &format!("{}\n{rest}", upstream_text(addrs, upstream_extra)),
+    );
+    spawn_gateway(dir, &text).await
+}
+
+impl TestGateway {
+    /// A client that trusts the gateway's certificate and reaches
+    /// `localhost` at the HTTPS listener; HTTP/2 via ALPN.
+    pub fn client(&self) -> reqwest::Client {
+        self.client_builder().build().expect("client")
+    }
+
+    /// The builder behind [`TestGateway::client`].
+    pub fn client_builder(&self) -> reqwest::ClientBuilder {
+        let cert = reqwest::Certificate::from_pem(self.cert_pem.as_bytes()).expect("pem");
+        reqwest::Client::builder()
+            .add_root_certificate(cert)
+            .resolve("localhost", self.https.expect("https listener"))
+            .redirect(reqwest::redirect::Policy::none())
+    }
+
+    /// `https://localhost:PORT/PATH`.
+    pub fn url(&self, path: &str) -> String {
+        format!("https://localhost:{}{path}", self.https.expect("https").port())
+    }
+
+    /// The admin `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("http://{}/metrics", self.admin))
+            .await
+            .expect("admin")
+            .text()
+            .await
+            .expect("text")
+    }
+
+    /// Starts shutdown; the returned handle ends when draining is done.
+    pub fn begin_stop(self) -> JoinHandle<anyhow::Result<()>> {
+        self.stop.cancel();
+        let Self { handle, dir, .. } = self;
+        tokio::spawn(async move {
+            let result = handle.await.expect("gateway task");
+            drop(dir);
+            result
+        })
+    }
+}
+
+/// The value of an unlabelled or labelled series in Prometheus text, or 0.
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .map_or(0.0, |v| v.trim().parse().expect("a number"))
+}

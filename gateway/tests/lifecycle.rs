@@ -1,0 +1,221 @@
+//! Connection-level behaviour and the process lifecycle: the header read
+//! timeout (slowloris), connection caps, graceful shutdown with a request
+//! in flight, readiness, `--check-config`.
+
+mod common;
+
+use common::upstream::{addrs, replicas};
+use common::{config_text, dev_cert, gateway_for, metric, spawn_gateway, upstream_text};
+use reqwest::StatusCode;
+use std::io::{Read, Write};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+#[tokio::test]
+async fn a_slowloris_connection_is_closed_after_the_header_timeout() {
+    let rs = replicas(1).await;
+    let dir = tempfile::tempdir().expect("dir");
+    dev_cert(dir.path());
+    let text = config_text(
+        dir.path(),
+        "http_mode = \"proxy\"",
+        &format!(
+            "{}\n[limits]\nheader_read_timeout = \"500ms\"",
+            upstream_text(&addrs(&rs), "")
+        ),
+    );
+    let gw = spawn_gateway(dir, &text).await;
+    let http = gw.http.expect("http");
+    let closed = tokio::task::spawn_blocking(move || {
+        let mut s = std::net::TcpStream::connect(http).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        let started = Instant::now();
+        s.write_all(b"GET /whoami HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            .expect("write");
+        let mut buf = [0u8; 1024];
+        // Trickle a byte every 100 ms; the gateway must hang up anyway.
+        loop {
+            std::thread::sleep(Duration::from_millis(100));
+            if s.write_all(b"a").is_err() {
+                break;
+            }
+            if started.elapsed() > Duration::from_secs(4) {
+                break;
+            }
+        }
+        let n = s.read(&mut buf).unwrap_or(0);
+        (started.elapsed(), n, String::from_utf8_lossy(&buf[..n]).into_owned())
+    })
+    .await
+    .expect("task");
+    let (took, _, answer) = closed;
+    assert!(took < Duration::from_secs(3), "closed after {took:?}");
+    assert!(!answer.contains("200 OK"), "{answer}");
+    assert_eq!(rs[0].hits(), 0);
+}
+
+#[tokio::test]
+async fn connections_beyond_the_per_ip_cap_are_closed() {
+    let rs = replicas(1).await;
+    let dir = tempfile::tempdir().expect("dir");
+    dev_cert(dir.path());
+    let text = config_text(
+        dir.path(),
+        "http_mode = \"proxy\"",
+        &format!(
+            "{}\n[limits]\nmax_connections_per_ip = 2",
+            upstream_text(&addrs(&rs), "")
+        ),
+    );
+    let gw = spawn_gateway(dir, &text).await;
+    let http = gw.http.expect("http");
+    let open: Vec<std::net::TcpStream> = (0..2)
+        .map(|_| std::net::TcpStream::connect(http).expect("connect"))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let answer = tokio::task::spawn_blocking(move || {
+        let mut third = std::net::TcpStream::connect(http).expect("connect");
+        third.set_read_timeout(Some(Duration::from_secs(3))).expect("timeout");
+        let _ = third.write_all(b"GET /whoami HTTP/1.1\r\nHost: x\r\n\r\n");
+        let mut buf = [0u8; 256];
+        third.read(&mut buf).unwrap_or(0)
+    })
+    .await
+    .expect("task");
+    assert_eq!(answer, 0, "the third connection was served");
+    assert_eq!(
+        metric(
+            &gw.metrics().await,
+            "gateway_connections_refused_total{reason=\"max_connections_per_ip\"}"
+        ),
+        1.0
+    );
+    drop(open);
+}
+
+#[tokio::test]
+async fn shutdown_lets_the_in_flight_request_finish_and_reports_draining() {
+    let rs = replicas(1).await;
+    let gw = gateway_for(&addrs(&rs), "", "").await;
+    let client = gw.client();
+    let admin = gw.admin;
+    let https = gw.https.expect("https");
+    let in_flight = tokio::spawn(client.get(gw.url("/slow?ms=1000")).send());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        reqwest::get(format!("http://{admin}/readyz"))
+            .await
+            .expect("admin")
+            .status(),
+        StatusCode::OK
+    );
+    let stopping = gw.begin_stop();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let ready = reqwest::get(format!("http://{admin}/readyz"))
+        .await
+        .expect("admin still up while draining");
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        tokio::net::TcpStream::connect(https).await.is_err(),
+        "still accepting while draining"
+    );
+    let response = in_flight.await.expect("task").expect("the in-flight request completed");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.text().await.expect("body"), "r0 slept");
+    stopping.await.expect("task").expect("clean stop");
+}
+
+fn gateway_bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_gateway"))
+}
+
+#[test]
+fn check_config_accepts_a_good_file() {
+    let dir = tempfile::tempdir().expect("dir");
+    dev_cert(dir.path());
+    let path = dir.path().join("good.toml");
+    std::fs::write(
+        &path,
+        config_text(
+            dir.path(),
+            "",
+            &upstream_text(&["127.0.0.1:8000".parse().expect("addr")], ""),
+        ),
+    )
+    .expect("write");
+    let out = gateway_bin()
+        .args(["--check-config", "--config"])
+        .arg(&path)
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("is valid"));
+}
+
+#[test]
+fn check_config_reports_every_problem_of_a_bad_file_and_fails() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("bad.toml");
+    let text = r#"
+[server]
+https = "127.0.0.1:8443"
+shutdwn_grace = "5s"
+
+[tls]
+cert = "/nonexistent/cert.pem"
+key = "/nonexistent/key.pem"
+
+[limits]
+header_read_timeout = "soon"
+
+[upstreams.app]
+servers = ["no-port"]
+keepalive_timeout = "1000s"
+
+[[routes]]
+path_prefix = "api"
+upstream = "ghost"
+"#;
+    std::fs::write(&path, text).expect("write");
+    let out = gateway_bin()
+        .args(["--check-config", "--config"])
+        .arg(&path)
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for expected in [
+        "bad.toml",
+        "server.shutdwn_grace: unknown key",
+        "limits.header_read_timeout",
+        "tls.cert",
+        "upstreams.app.servers[0]",
+        "upstreams.app.keepalive_timeout",
+        "routes[0].path_prefix",
+        "routes[0].upstream",
+    ] {
+        assert!(stderr.contains(expected), "{expected:?} missing from:\n{stderr}");
+    }
+}
+
+#[test]
+fn a_missing_config_file_is_a_clear_error() {
+    let out = gateway_bin()
+        .args(["--check-config", "--config", "/nonexistent/gateway.toml"])
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read the file"));
+}
+
+#[test]
+fn gen_cert_writes_a_usable_pair() {
+    let dir = tempfile::tempdir().expect("dir");
+    let out = gateway_bin()
+        .args(["gen-cert", "--out"])
+        .arg(dir.path())
+        .output()
+        .expect("runs");
+    assert!(out.status.success());
+    gateway::tls::server_config(&dir.path().join("cert.pem"), &dir.path().join("key.pem")).expect("loads");
+}
