@@ -14,7 +14,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    shared::telemetry::init(config.log.format);
+    let _log_guard = shared::telemetry::init(config.log.format);
     let app = match Application::build(config).await {
         Ok(app) => app,
         Err(e) => {

@@ -64,7 +64,7 @@ async fn main() -> ExitCode {
         println!("gateway: configuration {} is valid", cli.config.display());
         return ExitCode::SUCCESS;
     }
-    shared::telemetry::init(config.log.format);
+    let _log_guard = shared::telemetry::init(config.log.format);
     let gateway = match Gateway::build(config).await {
         Ok(g) => g,
         Err(e) => {

@@ -219,3 +219,38 @@ fn gen_cert_writes_a_usable_pair() {
     assert!(out.status.success());
     gateway::tls::server_config(&dir.path().join("cert.pem"), &dir.path().join("key.pem")).expect("loads");
 }
+
+#[test]
+fn the_committed_example_configurations_are_valid() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for file in ["gateway.example.toml", "deploy/local-gateway.toml"] {
+        let text = std::fs::read_to_string(root.join(file)).expect("committed file");
+        // Certificates are secrets/generated: validate against a fresh pair.
+        let dir = tempfile::tempdir().expect("dir");
+        dev_cert(dir.path());
+        let text = text
+            .replace(
+                "/run/secrets/tls_cert",
+                &dir.path().join("cert.pem").display().to_string(),
+            )
+            .replace(
+                "/run/secrets/tls_key",
+                &dir.path().join("key.pem").display().to_string(),
+            )
+            .replace("certs/dev/cert.pem", &dir.path().join("cert.pem").display().to_string())
+            .replace("certs/dev/key.pem", &dir.path().join("key.pem").display().to_string());
+        let path = dir.path().join("gateway.toml");
+        std::fs::write(&path, text).expect("write");
+        let out = gateway_bin()
+            .args(["--check-config", "--config"])
+            .arg(&path)
+            .output()
+            .expect("runs");
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{file}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

@@ -1,0 +1,142 @@
+#!/usr/bin/env bash
+# The gateway against nginx, side by side in one run, interleaved in rounds,
+# in front of the same upstream (two app replicas answering /healthz, which
+# touches no store, so the proxies are what is measured).
+#   HTTP/1.1 keep-alive: wrk -t2 -cC (req/s, p50, p99)
+#   HTTP/2 over TLS:     h2load -cC -m10 (req/s, mean latency)
+# Both proxies log every request to a file and keep upstream connections
+# alive; nginx's limit_req is off (the limiter's own cost is bench/limiter.sh).
+# Usage: bench/gateway.sh [ROUNDS=3] [DURATION=10s] [CONNECTIONS=64]
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+ROUNDS=${1:-3}
+DURATION=${2:-10s}
+CONNS=${3:-64}
+# shellcheck source=scripts/services.sh
+source scripts/services.sh
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
+ensure_tool wrk wrk
+ensure_tool h2load nghttp2-client
+ensure_tool nginx nginx-light
+ensure_tool curl curl
+cargo build --release --locked -p app -p gateway >&2
+
+WORK=$(mktemp -d /tmp/bench-gateway.XXXXXX)
+chmod 755 "$WORK"
+pids=()
+cleanup() {
+  [ -f "$WORK/nginx.pid" ] && kill "$(cat "$WORK/nginx.pid")" 2>/dev/null
+  kill "${pids[@]}" 2>/dev/null || true
+  wait 2>/dev/null || true
+}
+trap cleanup EXIT
+
+UP1=$(free_port); UP2=$(free_port)
+for port in "$UP1" "$UP2"; do
+  env -i PATH="$PATH" APP_LISTEN="127.0.0.1:$port" APP_ADMIN_LISTEN="127.0.0.1:$(free_port)" \
+    APP_DATA_DIR="$WORK/data" RUST_LOG=warn target/release/app >"$WORK/app-$port.log" 2>&1 &
+  pids+=($!)
+  wait_http "http://127.0.0.1:$port/healthz" 30
+done
+target/release/gateway gen-cert --out "$WORK/certs" --name localhost --name 127.0.0.1 >/dev/null
+chmod 644 "$WORK/certs/key.pem"
+
+GW_HTTP=$(free_port); GW_HTTPS=$(free_port); GW_ADMIN=$(free_port)
+cat >"$WORK/gateway.toml" <<TOML
+[server]
+https = "127.0.0.1:$GW_HTTPS"
+http = "127.0.0.1:$GW_HTTP"
+http_mode = "proxy"
+admin = "127.0.0.1:$GW_ADMIN"
+[tls]
+cert = "$WORK/certs/cert.pem"
+key = "$WORK/certs/key.pem"
+[limits]
+max_connections_per_ip = 10000
+[upstreams.app]
+servers = ["127.0.0.1:$UP1", "127.0.0.1:$UP2"]
+balance = "round_robin"
+keepalive_max_idle = 128
+[[routes]]
+path_prefix = "/"
+upstream = "app"
+TOML
+RUST_LOG=info target/release/gateway --config "$WORK/gateway.toml" 2>"$WORK/gateway-access.log" &
+pids+=($!)
+wait_http "http://127.0.0.1:$GW_HTTP/healthz" 30
+
+NG_HTTP=$(free_port); NG_HTTPS=$(free_port)
+cat >"$WORK/nginx.conf" <<CONF
+worker_processes 2;
+pid $WORK/nginx.pid;
+error_log $WORK/nginx-error.log warn;
+events { worker_connections 8192; }
+http {
+  access_log $WORK/nginx-access.log combined buffer=64k flush=1s;
+  upstream app { server 127.0.0.1:$UP1; server 127.0.0.1:$UP2; keepalive 128; }
+  server {
+    listen 127.0.0.1:$NG_HTTP;
+    listen 127.0.0.1:$NG_HTTPS ssl http2;
+    ssl_certificate $WORK/certs/cert.pem;
+    ssl_certificate_key $WORK/certs/key.pem;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    server_tokens off;
+    location / {
+      proxy_pass http://app;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host \$host;
+      proxy_set_header X-Forwarded-For \$remote_addr;
+      proxy_set_header X-Real-IP \$remote_addr;
+      proxy_set_header X-Forwarded-Proto \$scheme;
+    }
+  }
+}
+CONF
+nginx -c "$WORK/nginx.conf" -p "$WORK"
+wait_http "http://127.0.0.1:$NG_HTTP/healthz" 30
+
+# h2load_run URL CONNECTIONS DURATION -> "rps mean_ms"
+h2load_run() {
+  local out
+  out=$(h2load -c "$2" -m 10 -t 1 -D "${3%s}" "$1" 2>&1)
+  if ! echo "$out" | grep -q "succeeded, 0 failed"; then
+    echo "$out" | tail -20 >&2
+    echo "h2load saw failures; the figures would be meaningless" >&2
+    return 1
+  fi
+  echo "$out" | awk '
+    function ms(v) { if (v ~ /us$/) return v / 1000; if (v ~ /ms$/) return v + 0; if (v ~ /s$/) return v * 1000; return v }
+    /^finished in/ { rps = $4 }
+    /^time for request:/ { mean = ms($6) }
+    END { printf "%.0f %.3f\n", rps, mean }'
+}
+
+declare -A H1_RPS H1_P50 H1_P99 H2_RPS H2_MEAN
+for ((round = 1; round <= ROUNDS; round++)); do
+  for proxy in nginx gateway; do
+    if [ "$proxy" = nginx ]; then http=$NG_HTTP; https=$NG_HTTPS; else http=$GW_HTTP; https=$GW_HTTPS; fi
+    read -r rps p50 p99 < <(wrk_run "http://127.0.0.1:$http/healthz" "$DURATION" "$CONNS")
+    H1_RPS[$proxy]+="$rps "; H1_P50[$proxy]+="$p50 "; H1_P99[$proxy]+="$p99 "
+    read -r rps2 mean2 < <(h2load_run "https://127.0.0.1:$https/healthz" "$CONNS" "$DURATION")
+    H2_RPS[$proxy]+="$rps2 "; H2_MEAN[$proxy]+="$mean2 "
+    echo "round $round $proxy: h1 $rps req/s p50 ${p50}ms p99 ${p99}ms | h2+tls $rps2 req/s mean ${mean2}ms" >&2
+  done
+done
+
+med() { median ${1}; }
+printf '\nProxying GET /healthz to 2 app replicas; %s rounds x %s; medians\n' "$ROUNDS" "$DURATION"
+printf '%-10s %14s %10s %10s %16s %12s\n' proxy "h1 req/s" "p50 ms" "p99 ms" "h2+TLS req/s" "mean ms"
+for proxy in nginx gateway; do
+  printf '%-10s %14s %10s %10s %16s %12s\n' "$proxy" "$(med "${H1_RPS[$proxy]}")" "$(med "${H1_P50[$proxy]}")" \
+    "$(med "${H1_P99[$proxy]}")" "$(med "${H2_RPS[$proxy]}")" "$(med "${H2_MEAN[$proxy]}")"
+done
+awk -v g="$(med "${H1_RPS[gateway]}")" -v n="$(med "${H1_RPS[nginx]}")" \
+    -v gp="$(med "${H1_P99[gateway]}")" -v np="$(med "${H1_P99[nginx]}")" \
+    -v g2="$(med "${H2_RPS[gateway]}")" -v n2="$(med "${H2_RPS[nginx]}")" 'BEGIN {
+  printf "gateway/nginx HTTP/1.1 req/s: %.2fx (target >= 1.0)\n", g / n
+  printf "gateway/nginx HTTP/1.1 p99:   %.2fx (target <= 1.0)\n", gp / np
+  printf "gateway/nginx HTTP/2+TLS req/s: %.2fx\n", g2 / n2
+}'
