@@ -402,3 +402,24 @@ async fn routes_pick_upstreams_by_longest_prefix_and_unknown_paths_are_404() {
     let response = client.get(gw.url("/other")).send().await.expect("sent");
     assert_problem(response, StatusCode::NOT_FOUND).await;
 }
+
+#[tokio::test]
+async fn a_discovered_upstream_is_resolved_through_dns() {
+    let rs = replicas(1).await;
+    let dir = tempfile::tempdir().expect("dir");
+    common::dev_cert(dir.path());
+    // `localhost` may also resolve to ::1, where nothing listens: that
+    // replica is refused, ejected, and the request retried on 127.0.0.1.
+    let rest = format!(
+        "[upstreams.app]\ndiscover = \"localhost:{}\"\ndiscover_interval = \"200ms\"\n[[routes]]\npath_prefix = \"/\"\nupstream = \"app\"\n",
+        rs[0].addr.port()
+    );
+    let text = common::config_text(dir.path(), "", &rest);
+    let gw = common::spawn_gateway(dir, &text).await;
+    let client = gw.client();
+    for _ in 0..5 {
+        let response = client.get(gw.url("/whoami")).send().await.expect("sent");
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    assert_eq!(rs[0].hits(), 5);
+}
