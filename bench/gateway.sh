@@ -3,16 +3,17 @@
 # in front of the same upstream (two app replicas answering /healthz, which
 # touches no store, so the proxies are what is measured).
 #   HTTP/1.1 keep-alive: wrk -t2 -cC (req/s, p50, p99)
-#   HTTP/2 over TLS:     h2load -cC -m10 (req/s, mean latency)
+#   HTTP/2 over TLS:     h2load -cC -m10 -nN (req/s, mean latency)
 # Both proxies log every request to a file and keep upstream connections
 # alive; nginx's limit_req is off (the limiter's own cost is bench/limiter.sh).
-# Usage: bench/gateway.sh [ROUNDS=3] [DURATION=10s] [CONNECTIONS=64]
+# Usage: bench/gateway.sh [ROUNDS=3] [DURATION=10s] [CONNECTIONS=64] [H2_REQUESTS=100000]
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 ROUNDS=${1:-3}
 DURATION=${2:-10s}
 CONNS=${3:-64}
+H2_REQUESTS=${4:-100000}
 # shellcheck source=scripts/services.sh
 source scripts/services.sh
 # shellcheck source=bench/lib.sh
@@ -98,10 +99,10 @@ CONF
 nginx -c "$WORK/nginx.conf" -p "$WORK"
 wait_http "http://127.0.0.1:$NG_HTTP/healthz" 30
 
-# h2load_run URL CONNECTIONS DURATION -> "rps mean_ms"
+# h2load_run URL CONNECTIONS REQUESTS -> "rps mean_ms"
 h2load_run() {
   local out
-  out=$(h2load -c "$2" -m 10 -t 1 -D "${3%s}" "$1" 2>&1)
+  out=$(h2load -c "$2" -m 10 -t 1 -n "$3" "$1" 2>&1)
   if ! echo "$out" | grep -q "succeeded, 0 failed"; then
     echo "$out" | tail -20 >&2
     echo "h2load saw failures; the figures would be meaningless" >&2
@@ -120,7 +121,7 @@ for ((round = 1; round <= ROUNDS; round++)); do
     if [ "$proxy" = nginx ]; then http=$NG_HTTP; https=$NG_HTTPS; else http=$GW_HTTP; https=$GW_HTTPS; fi
     read -r rps p50 p99 < <(wrk_run "http://127.0.0.1:$http/healthz" "$DURATION" "$CONNS")
     H1_RPS[$proxy]+="$rps "; H1_P50[$proxy]+="$p50 "; H1_P99[$proxy]+="$p99 "
-    read -r rps2 mean2 < <(h2load_run "https://127.0.0.1:$https/healthz" "$CONNS" "$DURATION")
+    read -r rps2 mean2 < <(h2load_run "https://127.0.0.1:$https/healthz" "$CONNS" "$H2_REQUESTS")
     H2_RPS[$proxy]+="$rps2 "; H2_MEAN[$proxy]+="$mean2 "
     echo "round $round $proxy: h1 $rps req/s p50 ${p50}ms p99 ${p99}ms | h2+tls $rps2 req/s mean ${mean2}ms" >&2
   done

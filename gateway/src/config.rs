@@ -6,6 +6,7 @@
 //! key and its default is listed in the README.
 
 use bytesize::ByteSize;
+use ipnet::IpNet;
 use serde::Deserialize;
 use shared::telemetry::LogFormat;
 use shared::{Problem, Validate};
@@ -15,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// The whole configuration.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
 pub struct GatewayConfig {
     /// Listeners and shutdown.
@@ -28,8 +29,199 @@ pub struct GatewayConfig {
     pub upstreams: BTreeMap<String, UpstreamSettings>,
     /// Routes by path prefix, longest match first.
     pub routes: Vec<RouteSettings>,
+    /// How the client address is found.
+    pub client_ip: ClientIpSettings,
+    /// Named rate-limit policies.
+    #[serde(default = "default_policies")]
+    pub rate_limits: BTreeMap<String, PolicySettings>,
+    /// Which requests are limited by which policy, and limiter-wide settings.
+    pub rate_limit: RateLimitSettings,
     /// Logging.
     pub log: LogSettings,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            server: ServerSettings::default(),
+            tls: None,
+            limits: Limits::default(),
+            upstreams: BTreeMap::new(),
+            routes: Vec::new(),
+            client_ip: ClientIpSettings::default(),
+            rate_limits: default_policies(),
+            rate_limit: RateLimitSettings::default(),
+            log: LogSettings::default(),
+        }
+    }
+}
+
+/// The shipped policy: `per_ip`, 20 r/s with a burst of 20, no delay.
+fn default_policies() -> BTreeMap<String, PolicySettings> {
+    let per_ip = PolicySettings {
+        rate: Rate {
+            count: 20,
+            per: RateUnit::Second,
+        },
+        burst: 20,
+        nodelay: true,
+        status: 429,
+        dry_run: false,
+    };
+    BTreeMap::from([("per_ip".to_string(), per_ip)])
+}
+
+/// `[client_ip]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct ClientIpSettings {
+    /// Peers whose `X-Forwarded-For` (walked from the right) and PROXY
+    /// headers are believed (nginx `set_real_ip_from` + `real_ip_recursive on`).
+    pub trusted_proxies: Vec<IpNet>,
+    /// Expect a PROXY protocol v1/v2 header on the public listeners
+    /// (accepted from trusted proxies only; anything else is closed).
+    pub proxy_protocol: bool,
+    /// IPv4 prefix length that forms one key (32: per address).
+    pub ipv4_prefix: u8,
+    /// IPv6 prefix length that forms one key (64: per /64).
+    pub ipv6_prefix: u8,
+}
+
+impl Default for ClientIpSettings {
+    fn default() -> Self {
+        Self {
+            trusted_proxies: Vec::new(),
+            proxy_protocol: false,
+            ipv4_prefix: 32,
+            ipv6_prefix: 64,
+        }
+    }
+}
+
+/// The unit of a rate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateUnit {
+    /// `r/s`
+    Second,
+    /// `r/m`
+    Minute,
+}
+
+/// A rate such as `"20r/s"` or `"600r/m"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    /// Requests per unit.
+    pub count: u32,
+    /// The unit.
+    pub per: RateUnit,
+}
+
+impl Rate {
+    /// Requests per second.
+    pub fn per_second(&self) -> f64 {
+        f64::from(self.count) / self.window_secs() as f64
+    }
+
+    /// The unit in seconds (the `w` of the RateLimit-Policy field).
+    pub fn window_secs(&self) -> u64 {
+        match self.per {
+            RateUnit::Second => 1,
+            RateUnit::Minute => 60,
+        }
+    }
+}
+
+impl std::str::FromStr for Rate {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("{s:?} is not a rate like \"20r/s\" or \"600r/m\"");
+        let (count, unit) = s.split_once("r/").ok_or_else(bad)?;
+        let count: u32 = count.trim().parse().map_err(|_| bad())?;
+        let per = match unit.trim() {
+            "s" => RateUnit::Second,
+            "m" => RateUnit::Minute,
+            _ => return Err(bad()),
+        };
+        if count == 0 {
+            return Err(format!("{s:?}: the rate must be at least 1"));
+        }
+        Ok(Self { count, per })
+    }
+}
+
+impl<'de> Deserialize<'de> for Rate {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// `[rate_limits.NAME]`: one policy, with nginx `limit_req` semantics.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicySettings {
+    /// Sustained rate per client key.
+    pub rate: Rate,
+    /// Requests allowed above the rate (default 0).
+    #[serde(default)]
+    pub burst: u32,
+    /// `true`: requests within the burst pass at once; `false` (nginx's
+    /// default, and ours): they are delayed to leave at the rate.
+    #[serde(default)]
+    pub nodelay: bool,
+    /// Status of a refusal (default 429).
+    #[serde(default = "default_reject_status")]
+    pub status: u16,
+    /// Count and log would-be refusals and delays without applying them.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+fn default_reject_status() -> u16 {
+    429
+}
+
+/// `[rate_limit]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct RateLimitSettings {
+    /// Client networks never limited.
+    pub allowlist: Vec<IpNet>,
+    /// Keys tracked per policy at most (memory bound).
+    pub max_keys: usize,
+    /// How often replenished keys are dropped.
+    #[serde(with = "humantime_serde")]
+    pub cleanup_interval: Duration,
+    /// Send `RateLimit-Policy` / `RateLimit` on successful responses too.
+    pub headers: bool,
+    /// Which requests each policy limits; omitted with exactly one policy:
+    /// every request, by that policy.
+    pub rules: Vec<RuleSettings>,
+}
+
+impl Default for RateLimitSettings {
+    fn default() -> Self {
+        Self {
+            allowlist: Vec::new(),
+            max_keys: 1_000_000,
+            cleanup_interval: Duration::from_secs(10),
+            headers: true,
+            rules: Vec::new(),
+        }
+    }
+}
+
+/// `[[rate_limit.rules]]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleSettings {
+    /// Requests whose path starts with this; the longest prefix wins.
+    pub path_prefix: String,
+    /// Only these methods (all when empty).
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// A policy name from `[rate_limits]`.
+    pub policy: String,
 }
 
 /// What the plain-HTTP listener does.
@@ -313,6 +505,7 @@ impl Validate for GatewayConfig {
         if self.routes.is_empty() {
             p.push(Problem::new("routes", "define at least one route"));
         }
+        validate_rate_limits(self, &mut p);
         for (i, r) in self.routes.iter().enumerate() {
             if !r.path_prefix.starts_with('/') {
                 p.push(Problem::new(format!("routes[{i}].path_prefix"), "must start with '/'"));
@@ -331,6 +524,71 @@ impl Validate for GatewayConfig {
             }
         }
         p
+    }
+}
+
+fn validate_rate_limits(c: &GatewayConfig, p: &mut Vec<Problem>) {
+    let ci = &c.client_ip;
+    if ci.ipv4_prefix > 32 {
+        p.push(Problem::new("client_ip.ipv4_prefix", "must be 0 to 32"));
+    }
+    if ci.ipv6_prefix > 128 {
+        p.push(Problem::new("client_ip.ipv6_prefix", "must be 0 to 128"));
+    }
+    let public = [c.server.https, c.server.http]
+        .into_iter()
+        .flatten()
+        .any(|a| !a.ip().is_loopback());
+    if public && ci.trusted_proxies.iter().any(|n| n.prefix_len() == 0) {
+        p.push(Problem::new(
+            "client_ip.trusted_proxies",
+            "trusting every address on a public listener lets any client choose its rate-limit key",
+        ));
+    }
+    if ci.proxy_protocol && ci.trusted_proxies.is_empty() {
+        p.push(Problem::new(
+            "client_ip.proxy_protocol",
+            "needs client_ip.trusted_proxies (the balancers' addresses)",
+        ));
+    }
+    for (name, policy) in &c.rate_limits {
+        if !(400..=599).contains(&policy.status) {
+            p.push(Problem::new(
+                format!("rate_limits.{name}.status"),
+                "must be a 4xx or 5xx status",
+            ));
+        }
+    }
+    let rl = &c.rate_limit;
+    if rl.max_keys == 0 {
+        p.push(Problem::new("rate_limit.max_keys", "must be at least 1"));
+    }
+    positive(p, "rate_limit.cleanup_interval", rl.cleanup_interval);
+    if rl.rules.is_empty() && c.rate_limits.len() > 1 {
+        p.push(Problem::new(
+            "rate_limit.rules",
+            "with several policies, rules must say which requests each limits",
+        ));
+    }
+    for (i, rule) in rl.rules.iter().enumerate() {
+        let key = |k: &str| format!("rate_limit.rules[{i}].{k}");
+        if !rule.path_prefix.starts_with('/') {
+            p.push(Problem::new(key("path_prefix"), "must start with '/'"));
+        }
+        if !c.rate_limits.contains_key(&rule.policy) {
+            p.push(Problem::new(
+                key("policy"),
+                format!("no policy named {:?} in [rate_limits]", rule.policy),
+            ));
+        }
+        for m in &rule.methods {
+            if http::Method::from_bytes(m.as_bytes()).is_err() || m.chars().any(|ch| ch.is_ascii_lowercase()) {
+                p.push(Problem::new(
+                    key("methods"),
+                    format!("{m:?} is not an upper-case HTTP method"),
+                ));
+            }
+        }
     }
 }
 

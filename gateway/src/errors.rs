@@ -47,6 +47,14 @@ pub enum GatewayError {
     /// 503: no replica is healthy.
     #[error("no healthy upstream for {0}")]
     NoHealthyUpstream(String),
+    /// The client is over its rate limit (429 unless the policy says otherwise).
+    #[error("rate limit exceeded; retry after {retry_after} s")]
+    RateLimited {
+        /// The policy's reject status.
+        status: StatusCode,
+        /// Whole seconds until a retry can succeed.
+        retry_after: u64,
+    },
     /// 503: too many requests in flight.
     #[error("gateway overloaded")]
     Overloaded,
@@ -59,7 +67,7 @@ impl GatewayError {
     /// Whose fault it is.
     pub fn origin(&self) -> Origin {
         match self {
-            Self::BadRequest(_) | Self::PayloadTooLarge(_) => Origin::Client,
+            Self::BadRequest(_) | Self::PayloadTooLarge(_) | Self::RateLimited { .. } => Origin::Client,
             Self::BadGateway(_) | Self::GatewayTimeout(_) => Origin::Upstream,
             Self::NoRoute | Self::NoHealthyUpstream(_) | Self::Overloaded => Origin::Gateway,
         }
@@ -74,6 +82,7 @@ impl GatewayError {
             Self::BadGateway(_) => StatusCode::BAD_GATEWAY,
             Self::NoHealthyUpstream(_) | Self::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             Self::GatewayTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            Self::RateLimited { status, .. } => *status,
         }
     }
 
@@ -92,7 +101,8 @@ impl GatewayError {
                 tracing::error!(error = %self, origin = self.origin().as_str(), "request failed")
             }
         }
-        let retry_after = matches!(status, StatusCode::SERVICE_UNAVAILABLE).then_some("1");
+        // A refusal's Retry-After comes with the RateLimit fields instead.
+        let retry_after = matches!(self, Self::NoHealthyUpstream(_) | Self::Overloaded).then_some("1");
         problem_response(status, &detail, request_id, retry_after)
     }
 }

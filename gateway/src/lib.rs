@@ -3,16 +3,20 @@
 //! metrics. See `shared/design/GATEWAY.md` and the README.
 //!
 //! A request flows through [`server`] (accept, caps, TLS, hyper), [`stack`]
-//! (request id, access log and metrics, load shedding, body limit) and
+//! (request id, access log and metrics, load shedding, the [`rate_limit`]er
+//! keyed by [`client_ip`], body limit) and
 //! [`proxy`] (route, forward, retry) to a replica chosen by [`balancer`].
 
 pub mod admin;
 pub mod balancer;
+pub mod client_ip;
 pub mod config;
 pub mod errors;
 pub mod health;
 pub mod metrics;
 pub mod proxy;
+pub mod proxy_protocol;
+pub mod rate_limit;
 pub mod server;
 pub mod stack;
 pub mod startup;

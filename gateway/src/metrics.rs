@@ -49,6 +49,22 @@ pub struct RefusedLabels {
     pub reason: &'static str,
 }
 
+/// A rate-limit decision.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabels {
+    /// Policy name.
+    pub policy: String,
+    /// `passed`, `delayed`, `rejected`, `dry_run_delayed`, `dry_run_rejected`.
+    pub outcome: &'static str,
+}
+
+/// A rate-limit policy.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyLabels {
+    /// Policy name.
+    pub policy: String,
+}
+
 type HistogramFamily = Family<RouteLabels, Histogram, fn() -> Histogram>;
 
 /// Every gateway metric.
@@ -69,6 +85,10 @@ pub struct Metrics {
     pub upstream_healthy: Family<EndpointLabels, Gauge>,
     /// Retries by upstream and cause.
     pub retries: Family<RetryLabels, Counter>,
+    /// Rate-limit decisions by policy and outcome.
+    pub rate_limit_decisions: Family<DecisionLabels, Counter>,
+    /// Client keys tracked per policy (as of the last cleanup).
+    pub rate_limit_keys: Family<PolicyLabels, Gauge>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -85,6 +105,8 @@ impl Default for Metrics {
         let refused = Family::<RefusedLabels, Counter>::default();
         let upstream_healthy = Family::<EndpointLabels, Gauge>::default();
         let retries = Family::<RetryLabels, Counter>::default();
+        let rate_limit_decisions = Family::<DecisionLabels, Counter>::default();
+        let rate_limit_keys = Family::<PolicyLabels, Gauge>::default();
         registry.register("requests", "Requests by route and status class", requests.clone());
         registry.register(
             "request_duration_seconds",
@@ -104,6 +126,16 @@ impl Default for Metrics {
             upstream_healthy.clone(),
         );
         registry.register("upstream_retries", "Retries by upstream and cause", retries.clone());
+        registry.register(
+            "rate_limit_decisions",
+            "Rate-limit decisions by policy and outcome",
+            rate_limit_decisions.clone(),
+        );
+        registry.register(
+            "rate_limit_tracked_keys",
+            "Client keys tracked per policy",
+            rate_limit_keys.clone(),
+        );
         Self {
             registry,
             requests,
@@ -113,6 +145,8 @@ impl Default for Metrics {
             refused,
             upstream_healthy,
             retries,
+            rate_limit_decisions,
+            rate_limit_keys,
         }
     }
 }
@@ -145,6 +179,26 @@ impl Metrics {
                 reason,
             })
             .inc();
+    }
+
+    /// Counts a rate-limit decision.
+    pub fn rate_limit(&self, policy: &str, outcome: &'static str) {
+        self.rate_limit_decisions
+            .get_or_create(&DecisionLabels {
+                policy: policy.to_string(),
+                outcome,
+            })
+            .inc();
+    }
+
+    /// Sets a policy's tracked-key gauge.
+    pub fn set_tracked_keys(&self, policy: &str, keys: usize) {
+        let labels = PolicyLabels {
+            policy: policy.to_string(),
+        };
+        self.rate_limit_keys
+            .get_or_create(&labels)
+            .set(i64::try_from(keys).unwrap_or(i64::MAX));
     }
 
     /// Counts a refused connection.

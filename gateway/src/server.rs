@@ -4,8 +4,10 @@
 //! client address in request extensions, and per-connection graceful
 //! shutdown when the stop token fires.
 
-use crate::config::Limits;
+use crate::client_ip::TrustedProxies;
+use crate::config::{ClientIpSettings, Limits};
 use crate::metrics::Metrics;
+use crate::proxy_protocol;
 use axum::body::Body;
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -31,7 +33,8 @@ use tower::util::BoxCloneService;
 pub struct ClientInfo {
     /// The TCP peer.
     pub peer: SocketAddr,
-    /// The client address used for keys and forwarding headers.
+    /// The client: the TCP peer or PROXY source, or, when that is a trusted
+    /// proxy, the address found in `X-Forwarded-For` (see `client_ip`).
     pub ip: IpAddr,
     /// Whether the connection is TLS.
     pub tls: bool,
@@ -110,11 +113,21 @@ pub struct ServerContext {
     pub stop: CancellationToken,
     /// Tracks connection tasks for the drain.
     pub tracker: TaskTracker,
+    /// Peers whose forwarding headers and PROXY headers are believed.
+    pub trusted: TrustedProxies,
+    /// Whether public connections start with a PROXY protocol header.
+    pub proxy_protocol: bool,
 }
 
 impl ServerContext {
     /// A context whose hyper builder enforces `limits`.
-    pub fn new(limits: Limits, metrics: Arc<Metrics>, stop: CancellationToken, tracker: TaskTracker) -> Self {
+    pub fn new(
+        limits: Limits,
+        client_ip: &ClientIpSettings,
+        metrics: Arc<Metrics>,
+        stop: CancellationToken,
+        tracker: TaskTracker,
+    ) -> Self {
         let mut builder = auto::Builder::new(TokioExecutor::new());
         let max_header = usize::try_from(limits.max_header_size.as_u64()).unwrap_or(usize::MAX);
         builder
@@ -136,6 +149,8 @@ impl ServerContext {
             metrics,
             stop,
             tracker,
+            trusted: TrustedProxies::new(client_ip.trusted_proxies.clone()),
+            proxy_protocol: client_ip.proxy_protocol,
         }
     }
 }
@@ -182,16 +197,45 @@ pub async fn accept_loop(
     tracing::debug!("listener closed");
 }
 
+/// The client address a connection speaks for: the TCP peer, or the source
+/// in its PROXY header when the listener expects one. `None`: close it.
+async fn connection_source(stream: &mut TcpStream, peer: SocketAddr, ctx: &ServerContext) -> Option<IpAddr> {
+    if !ctx.proxy_protocol {
+        return Some(peer.ip());
+    }
+    if !ctx.trusted.contains(peer.ip()) {
+        ctx.metrics.refuse("proxy_protocol_untrusted");
+        tracing::warn!(%peer, "PROXY header expected from an untrusted peer; closing");
+        return None;
+    }
+    match tokio::time::timeout(ctx.limits.tls_handshake_timeout, proxy_protocol::read_header(stream)).await {
+        Ok(Ok(source)) => Some(source.map_or(peer.ip(), |s| s.ip())),
+        Ok(Err(error)) => {
+            ctx.metrics.refuse("proxy_protocol_malformed");
+            tracing::warn!(%peer, %error, "bad PROXY header; closing");
+            None
+        }
+        Err(_) => {
+            ctx.metrics.refuse("proxy_protocol_malformed");
+            tracing::warn!(%peer, "PROXY header not received in time; closing");
+            None
+        }
+    }
+}
+
 async fn handle(
-    stream: TcpStream,
+    mut stream: TcpStream,
     peer: SocketAddr,
     tls: Option<TlsAcceptor>,
     service: HttpService,
     ctx: &ServerContext,
 ) {
+    let Some(source) = connection_source(&mut stream, peer, ctx).await else {
+        return;
+    };
     let info = ClientInfo {
         peer,
-        ip: peer.ip(),
+        ip: source,
         tls: tls.is_some(),
     };
     match tls {
@@ -245,9 +289,11 @@ where
         last_millis: AtomicU64::new(0),
     });
     let tracked = activity.clone();
+    let trusted = ctx.trusted.clone();
     let hyper_service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let mut req = req.map(Body::new);
-        req.extensions_mut().insert(info);
+        let ip = trusted.resolve(info.ip, req.headers());
+        req.extensions_mut().insert(ClientInfo { ip, ..info });
         let activity = tracked.clone();
         activity.active.fetch_add(1, Ordering::Relaxed);
         let call = service.clone().oneshot(req);

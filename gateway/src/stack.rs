@@ -4,6 +4,7 @@
 use crate::errors::GatewayError;
 use crate::metrics::Metrics;
 use crate::proxy::{Proxy, Routes};
+use crate::rate_limit::{Outcome, RateLimiter};
 use crate::server::{ClientInfo, HttpService};
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -39,6 +40,17 @@ pub struct StackState {
     pub in_flight: Arc<Semaphore>,
     /// Largest request body.
     pub max_body: u64,
+    /// The rate limiter.
+    pub limiter: Arc<RateLimiter>,
+}
+
+/// The rate-limit outcome of a request, in its response's extensions (for the access log).
+#[derive(Debug, Clone)]
+pub struct RateLimitNote {
+    /// Policy name.
+    pub policy: Arc<str>,
+    /// Outcome label.
+    pub outcome: &'static str,
 }
 
 /// The proxying stack of the HTTPS listener (and of HTTP in `proxy` mode).
@@ -63,8 +75,10 @@ pub fn proxy_stack(state: StackState) -> HttpService {
         .layer(middleware::from_fn_with_state(observe_state, observe))
         // Shed load before doing any work for the request.
         .layer(middleware::from_fn_with_state(state.clone(), shed_load))
-        // The rate limiter slots in here: after shedding, before any body
-        // is read or upstream touched.
+        // Rate limit after shedding (a flood must not cost key state when
+        // the gateway is already overloaded), before any body is read or
+        // upstream touched.
+        .layer(middleware::from_fn_with_state(state.clone(), rate_limit))
         // Refuse oversized bodies before the proxy streams them anywhere.
         .layer(middleware::from_fn_with_state(state, limit_body))
         .service(inner);
@@ -142,6 +156,40 @@ async fn shed_load(State(state): State<StackState>, req: Request, next: Next) ->
     }
 }
 
+async fn rate_limit(State(state): State<StackState>, req: Request, next: Next) -> Response<Body> {
+    let Some(client) = req.extensions().get::<ClientInfo>().copied() else {
+        return next.run(req).await;
+    };
+    let Some(decision) = state.limiter.check(client.ip, req.method(), req.uri().path()) else {
+        return next.run(req).await;
+    };
+    state
+        .metrics
+        .rate_limit(&decision.policy.name, decision.outcome.as_str());
+    let rejected = decision.outcome == Outcome::Rejected;
+    let mut response = if rejected {
+        let status = StatusCode::from_u16(decision.policy.settings.status).unwrap_or(StatusCode::TOO_MANY_REQUESTS);
+        GatewayError::RateLimited {
+            status,
+            retry_after: decision.retry_after_secs(),
+        }
+        .into_response_with(&request_id(&req))
+    } else {
+        if !decision.delay.is_zero() {
+            tokio::time::sleep(decision.delay).await;
+        }
+        next.run(req).await
+    };
+    if rejected || state.limiter.headers {
+        decision.write_headers(response.headers_mut());
+    }
+    response.extensions_mut().insert(RateLimitNote {
+        policy: decision.policy.name.clone(),
+        outcome: decision.outcome.as_str(),
+    });
+    response
+}
+
 async fn limit_body(State(state): State<StackState>, req: Request, next: Next) -> Response<Body> {
     let declared = req
         .headers()
@@ -167,6 +215,7 @@ struct AccessLog {
     request_id: Arc<str>,
     status: u16,
     upstream: Option<std::net::SocketAddr>,
+    rate_limit: Option<RateLimitNote>,
     bytes: u64,
 }
 
@@ -185,6 +234,7 @@ impl Drop for AccessLog {
             upstream = %self.upstream.map_or_else(String::new, |a| a.to_string()),
             latency_ms = seconds * 1000.0,
             bytes = self.bytes,
+            rate_limit = %self.rate_limit.as_ref().map_or_else(String::new, |n| format!("{}:{}", n.policy, n.outcome)),
             request_id = %self.request_id,
         );
     }
@@ -245,6 +295,7 @@ async fn observe(State(state): State<ObserveState>, req: Request, next: Next) ->
         request_id: request_id(&req),
         status: 0,
         upstream: None,
+        rate_limit: None,
         bytes: 0,
     };
     let mut log = log;
@@ -252,5 +303,6 @@ async fn observe(State(state): State<ObserveState>, req: Request, next: Next) ->
     let (parts, body) = response.into_parts();
     log.status = parts.status.as_u16();
     log.upstream = parts.extensions.get::<UpstreamAddr>().map(|u| u.0);
+    log.rate_limit = parts.extensions.get::<RateLimitNote>().cloned();
     Response::from_parts(parts, Body::new(Observed { inner: body, log }))
 }

@@ -7,10 +7,12 @@
 
 use crate::admin::{self, AdminState};
 use crate::balancer::Upstream;
+use crate::client_ip::KeyPrefixes;
 use crate::config::{GatewayConfig, HttpMode};
 use crate::health;
 use crate::metrics::Metrics;
 use crate::proxy::{Proxy, Route, Routes, UpstreamClient};
+use crate::rate_limit::{MonotonicClock, RateLimiter};
 use crate::server::{self, HttpService, ServerContext};
 use crate::stack::{self, StackState};
 use crate::tls;
@@ -42,6 +44,25 @@ impl std::fmt::Debug for Gateway {
             .field("http", &self.http_addr())
             .field("admin", &self.admin_addr())
             .finish_non_exhaustive()
+    }
+}
+
+/// Drops replenished rate-limit keys every `interval` and publishes the
+/// tracked-key gauges.
+async fn clean_rate_limits(
+    limiter: Arc<RateLimiter>,
+    interval: std::time::Duration,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(interval) => {}
+        }
+        for (policy, keys) in limiter.cleanup() {
+            metrics.set_tracked_keys(&policy, keys);
+        }
     }
 }
 
@@ -162,14 +183,33 @@ impl Gateway {
             max_body,
             metrics: metrics.clone(),
         });
+        let prefixes = KeyPrefixes {
+            v4: config.client_ip.ipv4_prefix,
+            v6: config.client_ip.ipv6_prefix,
+        };
+        let limiter = Arc::new(RateLimiter::new(
+            &config.rate_limits,
+            &config.rate_limit,
+            prefixes,
+            Arc::new(MonotonicClock::default()),
+            None,
+        ));
+        tokio::spawn(clean_rate_limits(
+            limiter.clone(),
+            config.rate_limit.cleanup_interval,
+            metrics.clone(),
+            background.clone(),
+        ));
         let proxying: HttpService = stack::proxy_stack(StackState {
             proxy,
             metrics: metrics.clone(),
             in_flight: Arc::new(Semaphore::new(config.limits.max_requests_in_flight)),
             max_body,
+            limiter,
         });
         let ctx = Arc::new(ServerContext::new(
             config.limits.clone(),
+            &config.client_ip,
             metrics.clone(),
             stop.clone(),
             tracker.clone(),

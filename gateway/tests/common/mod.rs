@@ -35,8 +35,10 @@ pub fn dev_cert(dir: &std::path::Path) -> String {
 }
 
 /// The `[server]` and `[tls]` tables of a test gateway on port 0, followed
-/// by `rest` (upstreams, routes, limits...).
+/// by `rest` (upstreams, routes, limits...). Unless `rest` defines rate-limit
+/// policies, the gateway gets none, so tests of proxying are not throttled.
 pub fn config_text(dir: &std::path::Path, server_extra: &str, rest: &str) -> String {
+    let no_limits = if rest.contains("[rate_limits") { "" } else { "\n[rate_limits]\n" };
     format!(
         r#"
 [server]
@@ -51,6 +53,7 @@ cert = "{cert}"
 key = "{key}"
 
 {rest}
+{no_limits}
 "#,
         cert = dir.join("cert.pem").display(),
         key = dir.join("key.pem").display(),
