@@ -233,17 +233,20 @@ pub enum HttpMode {
     Redirect,
     /// Proxy like the HTTPS listener (behind a TLS-terminating balancer).
     Proxy,
+    /// No plain-HTTP listener.
+    Off,
 }
 
 /// `[server]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
 pub struct ServerSettings {
-    /// HTTPS listener; needs `[tls]`. Unset: no HTTPS listener.
+    /// HTTPS listener; needs `[tls]`. Unset: `0.0.0.0:443` when `[tls]` is
+    /// given, else no HTTPS listener (see [`GatewayConfig::https_listener`]).
     pub https: Option<SocketAddr>,
-    /// Plain HTTP listener. Unset: none.
-    pub http: Option<SocketAddr>,
-    /// `redirect` (default) or `proxy`.
+    /// Plain HTTP listener (none with `http_mode = "off"`).
+    pub http: SocketAddr,
+    /// `redirect` (default), `proxy` or `off`.
     pub http_mode: HttpMode,
     /// HTTPS port written into redirects; default: the HTTPS listener's port.
     pub redirect_https_port: Option<u16>,
@@ -257,8 +260,8 @@ pub struct ServerSettings {
 impl Default for ServerSettings {
     fn default() -> Self {
         Self {
-            https: Some(SocketAddr::from(([0, 0, 0, 0], 443))),
-            http: Some(SocketAddr::from(([0, 0, 0, 0], 80))),
+            https: None,
+            http: SocketAddr::from(([0, 0, 0, 0], 80)),
             http_mode: HttpMode::Redirect,
             redirect_https_port: None,
             admin: SocketAddr::from(([127, 0, 0, 1], 9901)),
@@ -440,6 +443,19 @@ pub struct LogSettings {
 }
 
 impl GatewayConfig {
+    /// The HTTPS listener: `server.https`, else `0.0.0.0:443` when `[tls]`
+    /// is given, else none.
+    pub fn https_listener(&self) -> Option<SocketAddr> {
+        self.server
+            .https
+            .or_else(|| self.tls.as_ref().map(|_| SocketAddr::from(([0, 0, 0, 0], 443))))
+    }
+
+    /// The plain-HTTP listener, unless `http_mode = "off"`.
+    pub fn http_listener(&self) -> Option<SocketAddr> {
+        (self.server.http_mode != HttpMode::Off).then_some(self.server.http)
+    }
+
     /// Reads and validates the file at `path`.
     pub fn load(path: &Path) -> Result<Self, shared::ConfigError> {
         shared::config::load(&shared::Sources::default().with_file(path), &[])
@@ -462,14 +478,16 @@ impl Validate for GatewayConfig {
                 "server.https is set, so [tls] cert and key are required",
             ));
         }
-        if s.https.is_none() && s.http.is_none() {
-            p.push(Problem::new("server", "set server.https, server.http or both"));
+        if self.https_listener().is_none() && s.http_mode == HttpMode::Off {
+            p.push(Problem::new(
+                "server",
+                "no listener: add [tls] for HTTPS or set http_mode to redirect or proxy",
+            ));
         }
-        if s.https.is_none() && s.http_mode == HttpMode::Redirect && s.redirect_https_port.is_none() && s.http.is_some()
-        {
+        if self.https_listener().is_none() && s.http_mode == HttpMode::Redirect && s.redirect_https_port.is_none() {
             p.push(Problem::new(
                 "server.http_mode",
-                "redirect needs server.https or server.redirect_https_port",
+                "redirect needs an HTTPS listener or server.redirect_https_port",
             ));
         }
         if let Some(tls) = &self.tls {
@@ -535,7 +553,7 @@ fn validate_rate_limits(c: &GatewayConfig, p: &mut Vec<Problem>) {
     if ci.ipv6_prefix > 128 {
         p.push(Problem::new("client_ip.ipv6_prefix", "must be 0 to 128"));
     }
-    let public = [c.server.https, c.server.http]
+    let public = [c.https_listener(), c.http_listener()]
         .into_iter()
         .flatten()
         .any(|a| !a.ip().is_loopback());

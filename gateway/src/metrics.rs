@@ -151,24 +151,42 @@ impl Default for Metrics {
     }
 }
 
-impl Metrics {
+/// One route's request series, resolved once so counting a request is a
+/// few atomic operations (no label hashing or allocation per request).
+#[derive(Debug, Clone)]
+pub struct RouteMetrics {
+    classes: [Counter; 5],
+    latency: Histogram,
+}
+
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+impl RouteMetrics {
     /// Counts a finished request.
-    pub fn observe(&self, route: &str, status: u16, seconds: f64) {
-        let class = match status {
-            100..=199 => "1xx",
-            200..=299 => "2xx",
-            300..=399 => "3xx",
-            400..=499 => "4xx",
-            _ => "5xx",
-        };
-        let route = route.to_string();
-        self.requests
-            .get_or_create(&RequestLabels {
-                route: route.clone(),
+    pub fn observe(&self, status: u16, seconds: f64) {
+        let class = usize::from((status / 100).clamp(1, 5)) - 1;
+        self.classes[class].inc();
+        self.latency.observe(seconds);
+    }
+}
+
+impl Metrics {
+    /// The series of `route` (its prefix, or `none`).
+    pub fn route(&self, route: &str) -> RouteMetrics {
+        let classes = CLASSES.map(|class| {
+            let labels = RequestLabels {
+                route: route.to_string(),
                 class,
+            };
+            self.requests.get_or_create(&labels).clone()
+        });
+        let latency = self
+            .latency
+            .get_or_create(&RouteLabels {
+                route: route.to_string(),
             })
-            .inc();
-        self.latency.get_or_create(&RouteLabels { route }).observe(seconds);
+            .clone();
+        RouteMetrics { classes, latency }
     }
 
     /// Counts a retry.

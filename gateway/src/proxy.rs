@@ -35,6 +35,8 @@ pub struct Route {
     pub prefix: Arc<str>,
     /// Where matching requests go.
     pub upstream: Arc<UpstreamClient>,
+    /// Its request metrics.
+    pub metrics: crate::metrics::RouteMetrics,
 }
 
 /// An upstream and the pooled client that reaches its replicas.
@@ -295,7 +297,12 @@ impl Proxy {
             *attempt_req.method_mut() = parts.method.clone();
             *attempt_req.uri_mut() = uri;
             *attempt_req.version_mut() = Version::HTTP_11;
-            *attempt_req.headers_mut() = parts.headers.clone();
+            // The last possible try takes the headers; earlier ones copy them.
+            *attempt_req.headers_mut() = if attempt + 1 == settings.max_tries {
+                std::mem::take(&mut parts.headers)
+            } else {
+                parts.headers.clone()
+            };
 
             let failure = match self.try_once(&route, &endpoint, attempt_req).await {
                 Ok(response) => return Ok(response),

@@ -2,7 +2,7 @@
 //! with the reason it sits where it does.
 
 use crate::errors::GatewayError;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RouteMetrics};
 use crate::proxy::{Proxy, Routes};
 use crate::rate_limit::{Outcome, RateLimiter};
 use crate::server::{ClientInfo, HttpService};
@@ -55,7 +55,10 @@ pub struct RateLimitNote {
 
 /// The proxying stack of the HTTPS listener (and of HTTP in `proxy` mode).
 pub fn proxy_stack(state: StackState) -> HttpService {
+    // Shared, not copied: middleware clones its state on every request.
+    let state = Arc::new(state);
     let observe_state = ObserveState {
+        unrouted: state.metrics.route("none"),
         metrics: state.metrics.clone(),
         routes: state.proxy.routes.clone(),
     };
@@ -72,7 +75,7 @@ pub fn proxy_stack(state: StackState) -> HttpService {
         .layer(middleware::from_fn(assign_request_id))
         // Access log and metrics see the final status, errors included, and
         // the whole response body (bytes, time to last byte).
-        .layer(middleware::from_fn_with_state(observe_state, observe))
+        .layer(middleware::from_fn_with_state(Arc::new(observe_state), observe))
         // Shed load before doing any work for the request.
         .layer(middleware::from_fn_with_state(state.clone(), shed_load))
         // Rate limit after shedding (a flood must not cost key state when
@@ -92,12 +95,13 @@ pub fn redirect_stack(metrics: Arc<Metrics>, https_port: u16) -> HttpService {
         Ok::<_, Infallible>(redirect(&req, https_port).unwrap_or_else(|e| e.into_response_with(&id)))
     });
     let state = ObserveState {
+        unrouted: metrics.route("redirect"),
         metrics,
         routes: Routes::new(Vec::new()),
     };
     let service = ServiceBuilder::new()
         .layer(middleware::from_fn(assign_request_id))
-        .layer(middleware::from_fn_with_state(state, observe))
+        .layer(middleware::from_fn_with_state(Arc::new(state), observe))
         .service(inner);
     BoxCloneService::new(service)
 }
@@ -145,7 +149,7 @@ async fn assign_request_id(mut req: Request, next: Next) -> Response<Body> {
     response
 }
 
-async fn shed_load(State(state): State<StackState>, req: Request, next: Next) -> Response<Body> {
+async fn shed_load(State(state): State<Arc<StackState>>, req: Request, next: Next) -> Response<Body> {
     match state.in_flight.clone().try_acquire_owned() {
         Ok(permit) => {
             let response = next.run(req).await;
@@ -156,7 +160,7 @@ async fn shed_load(State(state): State<StackState>, req: Request, next: Next) ->
     }
 }
 
-async fn rate_limit(State(state): State<StackState>, req: Request, next: Next) -> Response<Body> {
+async fn rate_limit(State(state): State<Arc<StackState>>, req: Request, next: Next) -> Response<Body> {
     let Some(client) = req.extensions().get::<ClientInfo>().copied() else {
         return next.run(req).await;
     };
@@ -190,7 +194,7 @@ async fn rate_limit(State(state): State<StackState>, req: Request, next: Next) -
     response
 }
 
-async fn limit_body(State(state): State<StackState>, req: Request, next: Next) -> Response<Body> {
+async fn limit_body(State(state): State<Arc<StackState>>, req: Request, next: Next) -> Response<Body> {
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -203,10 +207,29 @@ async fn limit_body(State(state): State<StackState>, req: Request, next: Next) -
     next.run(req.map(|body| Body::new(Limited::new(body, max)))).await
 }
 
+/// Displays an optional value as itself or as nothing (no allocation).
+struct Maybe<T>(Option<T>);
+
+impl<T: std::fmt::Display> std::fmt::Display for Maybe<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Some(v) => v.fmt(f),
+            None => Ok(()),
+        }
+    }
+}
+
+impl std::fmt::Display for RateLimitNote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.policy, self.outcome)
+    }
+}
+
 /// Access-log fields gathered while the request runs; logged once, when
 /// the response body ends or is dropped.
 struct AccessLog {
     metrics: Arc<Metrics>,
+    route_metrics: RouteMetrics,
     started: Instant,
     client: Option<ClientInfo>,
     method: http::Method,
@@ -222,19 +245,19 @@ struct AccessLog {
 impl Drop for AccessLog {
     fn drop(&mut self) {
         let seconds = self.started.elapsed().as_secs_f64();
-        self.metrics.observe(&self.route, self.status, seconds);
+        self.route_metrics.observe(self.status, seconds);
         self.metrics.in_flight.dec();
         tracing::info!(
             target: "access",
-            client = %self.client.map_or_else(String::new, |c| c.ip.to_string()),
+            client = %Maybe(self.client.map(|c| c.ip)),
             method = %self.method,
             path = %self.path,
             status = self.status,
             route = %self.route,
-            upstream = %self.upstream.map_or_else(String::new, |a| a.to_string()),
+            upstream = %Maybe(self.upstream),
             latency_ms = seconds * 1000.0,
             bytes = self.bytes,
-            rate_limit = %self.rate_limit.as_ref().map_or_else(String::new, |n| format!("{}:{}", n.policy, n.outcome)),
+            rate_limit = %Maybe(self.rate_limit.as_ref()),
             request_id = %self.request_id,
         );
     }
@@ -277,16 +300,18 @@ impl http_body::Body for Observed {
 struct ObserveState {
     metrics: Arc<Metrics>,
     routes: Routes,
+    unrouted: RouteMetrics,
 }
 
-async fn observe(State(state): State<ObserveState>, req: Request, next: Next) -> Response<Body> {
+async fn observe(State(state): State<Arc<ObserveState>>, req: Request, next: Next) -> Response<Body> {
     state.metrics.in_flight.inc();
-    let route = state
-        .routes
-        .find(req.uri().path())
-        .map_or_else(|| Arc::from("none"), |r| r.prefix.clone());
+    let (route, route_metrics) = state.routes.find(req.uri().path()).map_or_else(
+        || (Arc::from("none"), state.unrouted.clone()),
+        |r| (r.prefix.clone(), r.metrics.clone()),
+    );
     let log = AccessLog {
         metrics: state.metrics.clone(),
+        route_metrics,
         started: Instant::now(),
         client: req.extensions().get::<ClientInfo>().copied(),
         method: req.method().clone(),

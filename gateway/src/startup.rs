@@ -104,17 +104,18 @@ impl Gateway {
                 .map(|r| Route {
                     prefix: Arc::from(r.path_prefix.as_str()),
                     upstream: clients[&r.upstream].clone(),
+                    metrics: metrics.route(&r.path_prefix),
                 })
                 .collect(),
         );
-        let https = match (config.server.https, &config.tls) {
+        let https = match (config.https_listener(), &config.tls) {
             (Some(addr), Some(t)) => {
                 let acceptor = TlsAcceptor::from(tls::server_config(&t.cert, &t.key)?);
                 Some((bind(addr, "https").await?, acceptor))
             }
             _ => None,
         };
-        let http = match config.server.http {
+        let http = match config.http_listener() {
             Some(addr) => Some(bind(addr, "http").await?),
             None => None,
         };
@@ -227,7 +228,7 @@ impl Gateway {
         if let Some(listener) = http {
             let service = match config.server.http_mode {
                 HttpMode::Proxy => proxying.clone(),
-                HttpMode::Redirect => stack::redirect_stack(metrics.clone(), https_port),
+                HttpMode::Redirect | HttpMode::Off => stack::redirect_stack(metrics.clone(), https_port),
             };
             tracing::info!(addr = %listener.local_addr()?, mode = ?config.server.http_mode, "HTTP listening");
             loops.push(tokio::spawn(server::accept_loop(listener, None, service, ctx.clone())));

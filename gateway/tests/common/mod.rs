@@ -38,7 +38,11 @@ pub fn dev_cert(dir: &std::path::Path) -> String {
 /// by `rest` (upstreams, routes, limits...). Unless `rest` defines rate-limit
 /// policies, the gateway gets none, so tests of proxying are not throttled.
 pub fn config_text(dir: &std::path::Path, server_extra: &str, rest: &str) -> String {
-    let no_limits = if rest.contains("[rate_limits") { "" } else { "\n[rate_limits]\n" };
+    let no_limits = if rest.contains("[rate_limits") {
+        ""
+    } else {
+        "\n[rate_limits]\n"
+    };
     format!(
         r#"
 [server]
