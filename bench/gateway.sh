@@ -34,39 +34,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
-UP1=$(free_port); UP2=$(free_port)
-for port in "$UP1" "$UP2"; do
-  env -i PATH="$PATH" APP_LISTEN="127.0.0.1:$port" APP_ADMIN_LISTEN="127.0.0.1:$(free_port)" \
-    APP_DATA_DIR="$WORK/data" RUST_LOG=warn target/release/app >"$WORK/app-$port.log" 2>&1 &
-  pids+=($!)
-  wait_http "http://127.0.0.1:$port/healthz" 30
-done
-target/release/gateway gen-cert --out "$WORK/certs" --name localhost --name 127.0.0.1 >/dev/null
+start_upstreams "$WORK"
+# No rate-limit policy: nginx runs without limit_req (bench/limiter.sh measures the limiter).
+start_gateway "$WORK" gateway "[rate_limits]"
 chmod 644 "$WORK/certs/key.pem"
-
-GW_HTTP=$(free_port); GW_HTTPS=$(free_port); GW_ADMIN=$(free_port)
-cat >"$WORK/gateway.toml" <<TOML
-[server]
-https = "127.0.0.1:$GW_HTTPS"
-http = "127.0.0.1:$GW_HTTP"
-http_mode = "proxy"
-admin = "127.0.0.1:$GW_ADMIN"
-[tls]
-cert = "$WORK/certs/cert.pem"
-key = "$WORK/certs/key.pem"
-[limits]
-max_connections_per_ip = 10000
-[upstreams.app]
-servers = ["127.0.0.1:$UP1", "127.0.0.1:$UP2"]
-balance = "round_robin"
-keepalive_max_idle = 128
-[[routes]]
-path_prefix = "/"
-upstream = "app"
-TOML
-RUST_LOG=info target/release/gateway --config "$WORK/gateway.toml" 2>"$WORK/gateway-access.log" &
-pids+=($!)
-wait_http "http://127.0.0.1:$GW_HTTP/healthz" 30
 
 NG_HTTP=$(free_port); NG_HTTPS=$(free_port)
 cat >"$WORK/nginx.conf" <<CONF

@@ -36,3 +36,47 @@ wait_http() { # URL SECONDS
     sleep 0.2
   done
 }
+
+# start_upstreams WORK -> sets UP1 UP2: two app replicas on the embedded store
+# answering /healthz (no store work), appended to the caller's `pids`.
+start_upstreams() {
+  local work=$1 port
+  UP1=$(free_port); UP2=$(free_port)
+  for port in "$UP1" "$UP2"; do
+    env -i PATH="$PATH" APP_LISTEN="127.0.0.1:$port" APP_ADMIN_LISTEN="127.0.0.1:$(free_port)" \
+      APP_DATA_DIR="$work/data" RUST_LOG=warn target/release/app >"$work/app-$port.log" 2>&1 &
+    pids+=($!)
+    wait_http "http://127.0.0.1:$port/healthz" 30
+  done
+}
+
+# start_gateway WORK NAME EXTRA_TOML -> sets GW_HTTP: a gateway proxying
+# plain HTTP (and HTTPS on GW_HTTPS) to UP1/UP2, access log to a file.
+start_gateway() {
+  local work=$1 name=$2 extra=$3
+  GW_HTTP=$(free_port); GW_HTTPS=$(free_port)
+  [ -f "$work/certs/cert.pem" ] || target/release/gateway gen-cert --out "$work/certs" --name localhost --name 127.0.0.1 >/dev/null
+  cat >"$work/$name.toml" <<TOML
+[server]
+https = "127.0.0.1:$GW_HTTPS"
+http = "127.0.0.1:$GW_HTTP"
+http_mode = "proxy"
+admin = "127.0.0.1:$(free_port)"
+[tls]
+cert = "$work/certs/cert.pem"
+key = "$work/certs/key.pem"
+[limits]
+max_connections_per_ip = 10000
+[upstreams.app]
+servers = ["127.0.0.1:$UP1", "127.0.0.1:$UP2"]
+balance = "round_robin"
+keepalive_max_idle = 128
+[[routes]]
+path_prefix = "/"
+upstream = "app"
+$extra
+TOML
+  RUST_LOG=info target/release/gateway --config "$work/$name.toml" 2>"$work/$name-access.log" &
+  pids+=($!)
+  wait_http "http://127.0.0.1:$GW_HTTP/healthz" 30
+}
