@@ -2,8 +2,8 @@
 //! `/readyz` (not draining and at least one upstream replica available) and
 //! `/metrics` (Prometheus text).
 
-use crate::balancer::Upstream;
 use crate::metrics::Metrics;
+use crate::reload::Reloader;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
@@ -18,8 +18,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 pub struct AdminState {
     /// Metrics to render.
     pub metrics: Arc<Metrics>,
-    /// Every upstream.
-    pub upstreams: Vec<Arc<Upstream>>,
+    /// The configuration in force (its upstreams).
+    pub reloader: Arc<Reloader>,
     /// Set when shutdown begins.
     pub draining: Arc<AtomicBool>,
 }
@@ -34,8 +34,8 @@ pub fn router(state: AdminState) -> Router {
 }
 
 async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
-    let upstreams: serde_json::Map<String, serde_json::Value> = state
-        .upstreams
+    let current = state.reloader.upstreams();
+    let upstreams: serde_json::Map<String, serde_json::Value> = current
         .iter()
         .map(|u| {
             (
@@ -44,7 +44,7 @@ async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
             )
         })
         .collect();
-    let any_available = state.upstreams.iter().any(|u| u.available_count() > 0);
+    let any_available = current.iter().any(|u| u.available_count() > 0);
     let draining = state.draining.load(Ordering::Acquire);
     let (code, status) = match (draining, any_available) {
         (true, _) => (StatusCode::SERVICE_UNAVAILABLE, "draining"),

@@ -336,7 +336,7 @@ pub enum Balance {
 }
 
 /// `[upstreams.NAME]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default)]
 pub struct UpstreamSettings {
     /// Static replicas, `host:port` (names resolved once at start-up).
@@ -395,7 +395,7 @@ impl Default for UpstreamSettings {
 }
 
 /// `[upstreams.NAME.health]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default)]
 pub struct HealthSettings {
     /// Path probed with GET; 2xx is healthy.

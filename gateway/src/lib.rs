@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod proxy_protocol;
 pub mod rate_limit;
+pub mod reload;
 pub mod server;
 pub mod stack;
 pub mod startup;

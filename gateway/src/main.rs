@@ -70,7 +70,7 @@ async fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let _log_guard = shared::telemetry::init(config.log.format);
-    let gateway = match Gateway::build(config).await {
+    let gateway = match Gateway::from_file(&cli.config).await {
         Ok(g) => g,
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "start-up failed");

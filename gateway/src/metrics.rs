@@ -58,6 +58,13 @@ pub struct DecisionLabels {
     pub outcome: &'static str,
 }
 
+/// A configuration reload's result.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabels {
+    /// `applied` or `rejected`.
+    pub result: &'static str,
+}
+
 /// A rate-limit policy.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PolicyLabels {
@@ -89,6 +96,8 @@ pub struct Metrics {
     pub rate_limit_decisions: Family<DecisionLabels, Counter>,
     /// Client keys tracked per policy (as of the last cleanup).
     pub rate_limit_keys: Family<PolicyLabels, Gauge>,
+    /// Configuration reloads by result.
+    pub reloads: Family<ReloadLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -107,6 +116,7 @@ impl Default for Metrics {
         let retries = Family::<RetryLabels, Counter>::default();
         let rate_limit_decisions = Family::<DecisionLabels, Counter>::default();
         let rate_limit_keys = Family::<PolicyLabels, Gauge>::default();
+        let reloads = Family::<ReloadLabels, Counter>::default();
         registry.register("requests", "Requests by route and status class", requests.clone());
         registry.register(
             "request_duration_seconds",
@@ -136,6 +146,7 @@ impl Default for Metrics {
             "Client keys tracked per policy",
             rate_limit_keys.clone(),
         );
+        registry.register("config_reloads", "Configuration reloads by result", reloads.clone());
         Self {
             registry,
             requests,
@@ -147,6 +158,7 @@ impl Default for Metrics {
             retries,
             rate_limit_decisions,
             rate_limit_keys,
+            reloads,
         }
     }
 }
@@ -197,6 +209,11 @@ impl Metrics {
                 reason,
             })
             .inc();
+    }
+
+    /// Counts a configuration reload.
+    pub fn reload(&self, result: &'static str) {
+        self.reloads.get_or_create(&ReloadLabels { result }).inc();
     }
 
     /// Counts a rate-limit decision.

@@ -25,7 +25,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
-use tower::util::BoxCloneService;
+use tower::util::BoxCloneSyncService;
 
 /// What the gateway observed about the client of a request; in every
 /// request's extensions.
@@ -41,7 +41,7 @@ pub struct ClientInfo {
 }
 
 /// The service every connection of a listener runs.
-pub type HttpService = BoxCloneService<Request<Body>, Response<Body>, Infallible>;
+pub type HttpService = BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>;
 
 /// Open-connection accounting: a global cap and a per-IP cap.
 #[derive(Debug)]
@@ -98,71 +98,102 @@ impl ConnectionLimits {
     }
 }
 
-/// Everything the accept loops share.
+/// What one configuration gives the listeners. A reload builds a new one
+/// and swaps it in whole: new connections and new requests use it, while
+/// requests already running finish on the one they started with.
+pub struct Generation {
+    /// Timeouts and sizes for new connections.
+    pub limits: Limits,
+    /// hyper's connection builder, enforcing `limits`.
+    pub builder: auto::Builder<TokioExecutor>,
+    /// Peers whose forwarding headers are believed.
+    pub trusted: TrustedProxies,
+    /// TLS for new handshakes on the HTTPS listener.
+    pub tls: Option<TlsAcceptor>,
+    /// The proxying stack (HTTPS listener).
+    pub proxying: HttpService,
+    /// The plain-HTTP listener's stack (proxying or redirect).
+    pub plain: HttpService,
+}
+
+impl std::fmt::Debug for Generation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Generation")
+            .field("limits", &self.limits)
+            .field("tls", &self.tls.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The generation in force, swapped atomically on reload.
+pub type Current = Arc<arc_swap::ArcSwap<Generation>>;
+
+/// Which listener a connection came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    /// TLS, proxying.
+    Https,
+    /// Plain HTTP, proxying or redirecting.
+    Http,
+}
+
+/// A hyper builder enforcing `limits`.
+pub fn hyper_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    let max_header = usize::try_from(limits.max_header_size.as_u64()).unwrap_or(usize::MAX);
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(max_header.max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.h2_max_concurrent_streams)
+        .max_header_list_size(u32::try_from(max_header).unwrap_or(u32::MAX))
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(10));
+    builder
+}
+
+/// What the accept loops share for the process's lifetime (settings here
+/// need a restart to change).
 #[derive(Debug)]
 pub struct ServerContext {
-    /// Limits and timeouts.
-    pub limits: Limits,
     /// Open-connection caps.
     pub connections: Arc<ConnectionLimits>,
-    /// hyper's connection builder, configured once.
-    pub builder: auto::Builder<TokioExecutor>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Fires at shutdown.
     pub stop: CancellationToken,
     /// Tracks connection tasks for the drain.
     pub tracker: TaskTracker,
-    /// Peers whose forwarding headers and PROXY headers are believed.
-    pub trusted: TrustedProxies,
     /// Whether public connections start with a PROXY protocol header.
     pub proxy_protocol: bool,
 }
 
 impl ServerContext {
-    /// A context whose hyper builder enforces `limits`.
+    /// A context for the given caps.
     pub fn new(
-        limits: Limits,
+        limits: &Limits,
         client_ip: &ClientIpSettings,
         metrics: Arc<Metrics>,
         stop: CancellationToken,
         tracker: TaskTracker,
     ) -> Self {
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        let max_header = usize::try_from(limits.max_header_size.as_u64()).unwrap_or(usize::MAX);
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(limits.header_read_timeout)
-            .max_buf_size(max_header.max(8192));
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            .max_concurrent_streams(limits.h2_max_concurrent_streams)
-            .max_header_list_size(u32::try_from(max_header).unwrap_or(u32::MAX))
-            .keep_alive_interval(Some(Duration::from_secs(30)))
-            .keep_alive_timeout(Duration::from_secs(10));
         Self {
-            connections: ConnectionLimits::new(&limits),
-            limits,
-            builder,
+            connections: ConnectionLimits::new(limits),
             metrics,
             stop,
             tracker,
-            trusted: TrustedProxies::new(client_ip.trusted_proxies.clone()),
             proxy_protocol: client_ip.proxy_protocol,
         }
     }
 }
 
 /// Accepts connections on `listener` until the stop token fires, serving
-/// each with `service` (over TLS when `tls` is set).
-pub async fn accept_loop(
-    listener: TcpListener,
-    tls: Option<TlsAcceptor>,
-    service: HttpService,
-    ctx: Arc<ServerContext>,
-) {
+/// each with the generation current when it arrives.
+pub async fn accept_loop(listener: TcpListener, kind: Listener, current: Current, ctx: Arc<ServerContext>) {
     loop {
         let accepted = tokio::select! {
             () = ctx.stop.cancelled() => break,
@@ -186,10 +217,10 @@ pub async fn accept_loop(
             }
         };
         let _ = stream.set_nodelay(true);
-        let (ctx2, service, tls) = (ctx.clone(), service.clone(), tls.clone());
+        let (ctx2, current) = (ctx.clone(), current.clone());
         ctx.tracker.spawn(async move {
             ctx2.metrics.connections.inc();
-            handle(stream, peer, tls, service, &ctx2).await;
+            handle(stream, peer, kind, current, &ctx2).await;
             ctx2.metrics.connections.dec();
             drop(slot);
         });
@@ -199,16 +230,26 @@ pub async fn accept_loop(
 
 /// The client address a connection speaks for: the TCP peer, or the source
 /// in its PROXY header when the listener expects one. `None`: close it.
-async fn connection_source(stream: &mut TcpStream, peer: SocketAddr, ctx: &ServerContext) -> Option<IpAddr> {
+async fn connection_source(
+    stream: &mut TcpStream,
+    peer: SocketAddr,
+    generation: &Generation,
+    ctx: &ServerContext,
+) -> Option<IpAddr> {
     if !ctx.proxy_protocol {
         return Some(peer.ip());
     }
-    if !ctx.trusted.contains(peer.ip()) {
+    if !generation.trusted.contains(peer.ip()) {
         ctx.metrics.refuse("proxy_protocol_untrusted");
         tracing::warn!(%peer, "PROXY header expected from an untrusted peer; closing");
         return None;
     }
-    match tokio::time::timeout(ctx.limits.tls_handshake_timeout, proxy_protocol::read_header(stream)).await {
+    match tokio::time::timeout(
+        generation.limits.tls_handshake_timeout,
+        proxy_protocol::read_header(stream),
+    )
+    .await
+    {
         Ok(Ok(source)) => Some(source.map_or(peer.ip(), |s| s.ip())),
         Ok(Err(error)) => {
             ctx.metrics.refuse("proxy_protocol_malformed");
@@ -223,34 +264,32 @@ async fn connection_source(stream: &mut TcpStream, peer: SocketAddr, ctx: &Serve
     }
 }
 
-async fn handle(
-    mut stream: TcpStream,
-    peer: SocketAddr,
-    tls: Option<TlsAcceptor>,
-    service: HttpService,
-    ctx: &ServerContext,
-) {
-    let Some(source) = connection_source(&mut stream, peer, ctx).await else {
+async fn handle(mut stream: TcpStream, peer: SocketAddr, kind: Listener, current: Current, ctx: &ServerContext) {
+    let generation = current.load_full();
+    let Some(source) = connection_source(&mut stream, peer, &generation, ctx).await else {
         return;
     };
     let info = ClientInfo {
         peer,
         ip: source,
-        tls: tls.is_some(),
+        tls: kind == Listener::Https,
     };
-    match tls {
-        None => serve(stream, info, service, ctx).await,
-        Some(acceptor) => match tokio::time::timeout(ctx.limits.tls_handshake_timeout, acceptor.accept(stream)).await {
-            Ok(Ok(tls_stream)) => serve(tls_stream, info, service, ctx).await,
-            Ok(Err(error)) => {
-                ctx.metrics.refuse("tls_handshake");
-                tracing::debug!(%peer, %error, "TLS handshake failed");
+    match (kind, &generation.tls) {
+        (Listener::Http, _) => serve(stream, info, kind, current, &generation, ctx).await,
+        (Listener::Https, None) => tracing::error!("HTTPS connection without a TLS configuration; closing"),
+        (Listener::Https, Some(acceptor)) => {
+            match tokio::time::timeout(generation.limits.tls_handshake_timeout, acceptor.accept(stream)).await {
+                Ok(Ok(tls_stream)) => serve(tls_stream, info, kind, current, &generation, ctx).await,
+                Ok(Err(error)) => {
+                    ctx.metrics.refuse("tls_handshake");
+                    tracing::debug!(%peer, %error, "TLS handshake failed");
+                }
+                Err(_) => {
+                    ctx.metrics.refuse("tls_handshake");
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                }
             }
-            Err(_) => {
-                ctx.metrics.refuse("tls_handshake");
-                tracing::debug!(%peer, "TLS handshake timed out");
-            }
-        },
+        }
     }
 }
 
@@ -279,8 +318,14 @@ impl Activity {
     }
 }
 
-async fn serve<I>(io: I, info: ClientInfo, service: HttpService, ctx: &ServerContext)
-where
+async fn serve<I>(
+    io: I,
+    info: ClientInfo,
+    kind: Listener,
+    current: Current,
+    generation: &Generation,
+    ctx: &ServerContext,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let activity = Arc::new(Activity {
@@ -289,14 +334,19 @@ where
         last_millis: AtomicU64::new(0),
     });
     let tracked = activity.clone();
-    let trusted = ctx.trusted.clone();
     let hyper_service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let mut req = req.map(Body::new);
-        let ip = trusted.resolve(info.ip, req.headers());
+        // Each request runs on the generation in force when it arrives.
+        let now = current.load();
+        let ip = now.trusted.resolve(info.ip, req.headers());
         req.extensions_mut().insert(ClientInfo { ip, ..info });
+        let service = match kind {
+            Listener::Https => now.proxying.clone(),
+            Listener::Http => now.plain.clone(),
+        };
         let activity = tracked.clone();
         activity.active.fetch_add(1, Ordering::Relaxed);
-        let call = service.clone().oneshot(req);
+        let call = service.oneshot(req);
         async move {
             let response = call.await;
             activity.active.fetch_sub(1, Ordering::Relaxed);
@@ -304,9 +354,9 @@ where
             response
         }
     });
-    let conn = ctx.builder.serve_connection(TokioIo::new(io), hyper_service);
+    let conn = generation.builder.serve_connection(TokioIo::new(io), hyper_service);
     tokio::pin!(conn);
-    let idle = ctx.limits.idle_timeout;
+    let idle = generation.limits.idle_timeout;
     let mut closing = false;
     loop {
         tokio::select! {

@@ -19,7 +19,7 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 use tokio::sync::Semaphore;
 use tower::ServiceBuilder;
-use tower::util::BoxCloneService;
+use tower::util::BoxCloneSyncService;
 
 /// The request id of a request, in its extensions.
 #[derive(Debug, Clone)]
@@ -85,7 +85,7 @@ pub fn proxy_stack(state: StackState) -> HttpService {
         // Refuse oversized bodies before the proxy streams them anywhere.
         .layer(middleware::from_fn_with_state(state, limit_body))
         .service(inner);
-    BoxCloneService::new(service)
+    BoxCloneSyncService::new(service)
 }
 
 /// The stack of the plain-HTTP listener in `redirect` mode: 308 to https.
@@ -103,7 +103,7 @@ pub fn redirect_stack(metrics: Arc<Metrics>, https_port: u16) -> HttpService {
         .layer(middleware::from_fn(assign_request_id))
         .layer(middleware::from_fn_with_state(Arc::new(state), observe))
         .service(inner);
-    BoxCloneService::new(service)
+    BoxCloneSyncService::new(service)
 }
 
 fn request_id(req: &Request) -> Arc<str> {

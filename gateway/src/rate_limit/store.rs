@@ -58,7 +58,16 @@ impl KeyedStore {
 
     /// Decides a request for `key` at `now` and records it when allowed.
     pub fn decide(&self, gcra: &Gcra, key: Key, now: u64) -> Verdict {
+        self.decide_at(gcra, key, || now)
+    }
+
+    /// As [`KeyedStore::decide`], reading the time only once the key's shard
+    /// is locked: a thread descheduled between reading the clock and taking
+    /// the lock must not judge its request against a state that others have
+    /// moved on since (that once refused a request at 2% of the rate).
+    pub fn decide_at(&self, gcra: &Gcra, key: Key, now: impl FnOnce() -> u64) -> Verdict {
         let mut shard = self.shard(&key);
+        let now = now();
         let tat = shard.map.get(&key).copied();
         let (verdict, new_tat) = gcra.decide(tat, now);
         if let Some(new_tat) = new_tat {

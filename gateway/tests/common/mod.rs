@@ -24,6 +24,8 @@ pub struct TestGateway {
     pub cert_pem: String,
     /// Directory holding its files.
     pub dir: tempfile::TempDir,
+    /// Reloads its configuration file.
+    pub reloader: std::sync::Arc<gateway::reload::Reloader>,
     stop: CancellationToken,
     handle: JoinHandle<anyhow::Result<()>>,
 }
@@ -86,8 +88,11 @@ pub async fn spawn_gateway(dir: tempfile::TempDir, text: &str) -> TestGateway {
     shared::telemetry::init_for_tests();
     let path: PathBuf = dir.path().join("gateway.toml");
     std::fs::write(&path, text).expect("write config");
-    let config = GatewayConfig::load(&path).unwrap_or_else(|e| panic!("test config invalid: {e}"));
-    let gateway = Gateway::build(config).await.expect("gateway builds");
+    if let Err(e) = GatewayConfig::load(&path) {
+        panic!("test config invalid: {e}");
+    }
+    let gateway = Gateway::from_file(&path).await.expect("gateway builds");
+    let reloader = gateway.reloader();
     let (https, http, admin) = (gateway.https_addr(), gateway.http_addr(), gateway.admin_addr());
     let stop = CancellationToken::new();
     let handle = tokio::spawn(gateway.run_until_stopped(stop.clone()));
@@ -98,6 +103,7 @@ pub async fn spawn_gateway(dir: tempfile::TempDir, text: &str) -> TestGateway {
         admin,
         cert_pem,
         dir,
+        reloader,
         stop,
         handle,
     }

@@ -1,0 +1,370 @@
+//! Configuration generations and hot reload.
+//!
+//! [`build_active`] turns a valid configuration into everything the
+//! listeners use (a [`Generation`]) plus what runs beside it (upstream
+//! clients, health checks, the limiter). [`Reloader::reload`] validates a
+//! new file first; an invalid one keeps the old configuration serving and
+//! logs every problem (`gateway_config_reloads_total{result="rejected"}`). A
+//! valid one is swapped in atomically: new connections and requests use it,
+//! requests already running finish on the one they started with. Upstreams
+//! and rate-limit policies whose definitions did not change keep their state
+//! (replica health, pooled connections, client buckets), so a reload never
+//! hands clients fresh bursts. Settings that need a restart (listener
+//! addresses, connection caps, PROXY protocol, log format) are logged when
+//! they change and keep their running values. Triggers: SIGHUP, and a change
+//! to the configuration or certificate files (polled, debounced).
+
+use crate::balancer::Upstream;
+use crate::client_ip::{KeyPrefixes, TrustedProxies};
+use crate::config::{GatewayConfig, HttpMode};
+use crate::health;
+use crate::metrics::Metrics;
+use crate::proxy::{Proxy, Route, Routes, UpstreamClient};
+use crate::rate_limit::{MonotonicClock, RateLimiter};
+use crate::server::{Current, Generation, HttpService, hyper_builder};
+use crate::stack::{self, StackState};
+use crate::tls;
+use anyhow::Context;
+use shared::shutdown::CancellationToken;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+
+/// Everything built from one configuration.
+#[derive(Debug)]
+pub struct Active {
+    /// The configuration.
+    pub config: GatewayConfig,
+    /// What the listeners use.
+    pub generation: Arc<Generation>,
+    /// Upstream clients by name.
+    pub clients: BTreeMap<String, Arc<UpstreamClient>>,
+    /// The rate limiter.
+    pub limiter: Arc<RateLimiter>,
+    /// Stops this generation's background tasks.
+    background: CancellationToken,
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.background.cancel();
+    }
+}
+
+async fn upstream_clients(
+    config: &GatewayConfig,
+    previous: Option<&Active>,
+) -> anyhow::Result<BTreeMap<String, Arc<UpstreamClient>>> {
+    let mut clients = BTreeMap::new();
+    for (name, settings) in &config.upstreams {
+        let kept = previous
+            .and_then(|p| p.clients.get(name))
+            .filter(|c| c.upstream.settings == *settings)
+            .cloned();
+        if let Some(client) = kept {
+            clients.insert(name.clone(), client);
+            continue;
+        }
+        let mut addrs = Vec::new();
+        for server in &settings.servers {
+            let found = health::resolve(server).await;
+            addrs.extend(found.with_context(|| format!("upstreams.{name}: cannot resolve {server}"))?);
+        }
+        if let Some(d) = &settings.discover {
+            match health::resolve(d).await {
+                Ok(found) => addrs = found,
+                Err(error) => {
+                    tracing::warn!(upstream = %name, %error, "{d} does not resolve yet; retrying in the background")
+                }
+            }
+        }
+        let upstream = Arc::new(Upstream::new(name, settings.clone(), &addrs));
+        clients.insert(name.clone(), Arc::new(UpstreamClient::new(upstream)));
+    }
+    Ok(clients)
+}
+
+/// Builds a generation from `config`, reusing what `previous` has for
+/// unchanged upstreams and policies, and starts its background tasks.
+pub async fn build_active(
+    config: GatewayConfig,
+    previous: Option<&Active>,
+    metrics: &Arc<Metrics>,
+    https_port: u16,
+) -> anyhow::Result<Active> {
+    let clients = upstream_clients(&config, previous).await?;
+    let tls = match &config.tls {
+        Some(t) => Some(TlsAcceptor::from(tls::server_config(&t.cert, &t.key)?)),
+        None => None,
+    };
+    let routes = Routes::new(
+        config
+            .routes
+            .iter()
+            .map(|r| Route {
+                prefix: Arc::from(r.path_prefix.as_str()),
+                upstream: clients[&r.upstream].clone(),
+                metrics: metrics.route(&r.path_prefix),
+            })
+            .collect(),
+    );
+    let prefixes = KeyPrefixes {
+        v4: config.client_ip.ipv4_prefix,
+        v6: config.client_ip.ipv6_prefix,
+    };
+    let limiter = Arc::new(RateLimiter::new(
+        &config.rate_limits,
+        &config.rate_limit,
+        prefixes,
+        Arc::new(MonotonicClock::default()),
+        previous.map(|p| p.limiter.as_ref()),
+    ));
+    let max_body = config.limits.max_body.as_u64();
+    let proxy = Arc::new(Proxy {
+        routes,
+        max_body,
+        metrics: metrics.clone(),
+    });
+    let proxying: HttpService = stack::proxy_stack(StackState {
+        proxy,
+        metrics: metrics.clone(),
+        in_flight: Arc::new(Semaphore::new(config.limits.max_requests_in_flight)),
+        max_body,
+        limiter: limiter.clone(),
+    });
+    let plain = match config.server.http_mode {
+        HttpMode::Proxy => proxying.clone(),
+        HttpMode::Redirect | HttpMode::Off => {
+            stack::redirect_stack(metrics.clone(), config.server.redirect_https_port.unwrap_or(https_port))
+        }
+    };
+    let generation = Arc::new(Generation {
+        builder: hyper_builder(&config.limits),
+        limits: config.limits.clone(),
+        trusted: TrustedProxies::new(config.client_ip.trusted_proxies.clone()),
+        tls,
+        proxying,
+        plain,
+    });
+    let background = CancellationToken::new();
+    for client in clients.values() {
+        tokio::spawn(health::check(client.clone(), metrics.clone(), background.clone()));
+        if let Some(name) = &client.upstream.settings.discover {
+            let interval = client.upstream.settings.discover_interval;
+            tokio::spawn(health::discover(
+                client.upstream.clone(),
+                name.clone(),
+                interval,
+                background.clone(),
+            ));
+        }
+    }
+    tokio::spawn(clean_rate_limits(
+        limiter.clone(),
+        config.rate_limit.cleanup_interval,
+        metrics.clone(),
+        background.clone(),
+    ));
+    Ok(Active {
+        config,
+        generation,
+        clients,
+        limiter,
+        background,
+    })
+}
+
+/// Drops replenished rate-limit keys every `interval` and publishes the
+/// tracked-key gauges.
+async fn clean_rate_limits(
+    limiter: Arc<RateLimiter>,
+    interval: Duration,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(interval) => {}
+        }
+        for (policy, keys) in limiter.cleanup() {
+            metrics.set_tracked_keys(&policy, keys);
+        }
+    }
+}
+
+/// Settings that only a restart changes, which differ between `old` and `new`.
+pub fn restart_needed(old: &GatewayConfig, new: &GatewayConfig) -> Vec<&'static str> {
+    let mut keys = Vec::new();
+    if old.https_listener() != new.https_listener() {
+        keys.push("server.https");
+    }
+    if old.http_listener() != new.http_listener() {
+        keys.push("server.http / server.http_mode off");
+    }
+    if old.server.admin != new.server.admin {
+        keys.push("server.admin");
+    }
+    if old.limits.max_connections != new.limits.max_connections {
+        keys.push("limits.max_connections");
+    }
+    if old.limits.max_connections_per_ip != new.limits.max_connections_per_ip {
+        keys.push("limits.max_connections_per_ip");
+    }
+    if old.client_ip.proxy_protocol != new.client_ip.proxy_protocol {
+        keys.push("client_ip.proxy_protocol");
+    }
+    if old.log.format != new.log.format {
+        keys.push("log.format");
+    }
+    keys
+}
+
+/// Reloads the configuration file into the running gateway.
+#[derive(Debug)]
+pub struct Reloader {
+    path: Option<PathBuf>,
+    current: Current,
+    active: tokio::sync::Mutex<Active>,
+    metrics: Arc<Metrics>,
+    https_port: u16,
+    upstreams: Mutex<Vec<Arc<Upstream>>>,
+}
+
+impl Reloader {
+    /// A reloader for the configuration in `active`, read from `path`.
+    pub fn new(
+        path: Option<PathBuf>,
+        current: Current,
+        active: Active,
+        metrics: Arc<Metrics>,
+        https_port: u16,
+    ) -> Self {
+        let upstreams = Mutex::new(active.clients.values().map(|c| c.upstream.clone()).collect());
+        Self {
+            path,
+            current,
+            active: tokio::sync::Mutex::new(active),
+            metrics,
+            https_port,
+            upstreams,
+        }
+    }
+
+    /// The upstreams of the configuration in force (for readiness).
+    pub fn upstreams(&self) -> Vec<Arc<Upstream>> {
+        self.upstreams.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The shutdown grace of the configuration in force.
+    pub async fn shutdown_grace(&self) -> Duration {
+        self.active.lock().await.config.server.shutdown_grace
+    }
+
+    /// Files whose change triggers a reload: the configuration and its certificate and key.
+    pub async fn watched_files(&self) -> Vec<PathBuf> {
+        let active = self.active.lock().await;
+        let mut files: Vec<PathBuf> = self.path.iter().cloned().collect();
+        if let Some(t) = &active.config.tls {
+            files.push(t.cert.clone());
+            files.push(t.key.clone());
+        }
+        files
+    }
+
+    /// Reads, validates and applies the file; on any problem the running
+    /// configuration stays and the problems are returned (and logged).
+    pub async fn reload(&self) -> Result<(), String> {
+        let result = self.try_reload().await;
+        let label = if result.is_ok() { "applied" } else { "rejected" };
+        self.metrics.reload(label);
+        match &result {
+            Ok(()) => tracing::info!("configuration reloaded"),
+            Err(problems) => {
+                tracing::error!(%problems, "configuration reload rejected; the previous configuration keeps serving")
+            }
+        }
+        result
+    }
+
+    async fn try_reload(&self) -> Result<(), String> {
+        let path = self.path.as_deref().ok_or("the gateway was not started from a file")?;
+        let config = GatewayConfig::load(path).map_err(|e| e.to_string())?;
+        let mut active = self.active.lock().await;
+        if active.config.https_listener().is_some() && config.tls.is_none() {
+            return Err("[tls] cannot be removed while the HTTPS listener runs (restart instead)".into());
+        }
+        let restart = restart_needed(&active.config, &config);
+        if !restart.is_empty() {
+            tracing::warn!(settings = ?restart, "these settings changed but need a restart; their running values stay");
+        }
+        let next = build_active(config, Some(&active), &self.metrics, self.https_port)
+            .await
+            .map_err(|e| format!("{e:#}"))?;
+        self.current.store(next.generation.clone());
+        *self.upstreams.lock().unwrap_or_else(|e| e.into_inner()) =
+            next.clients.values().map(|c| c.upstream.clone()).collect();
+        // Dropping the old generation stops its background tasks; its
+        // upstreams and policies live on where the new one reused them.
+        *active = next;
+        Ok(())
+    }
+}
+
+fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
+}
+
+/// Reloads on SIGHUP and when a watched file changes (polled every
+/// `interval`; a change is applied once the files have been stable for one
+/// more interval, so an editor's partial writes are not read).
+pub async fn watch(reloader: Arc<Reloader>, interval: Duration, stop: CancellationToken) {
+    #[cfg(unix)]
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut files = reloader.watched_files().await;
+    let mut last: Vec<_> = files.iter().map(|f| stamp(f)).collect();
+    loop {
+        #[cfg(unix)]
+        let sighup = async {
+            match hangup.as_mut() {
+                Some(h) => {
+                    h.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let sighup = std::future::pending::<()>();
+        let by_signal = tokio::select! {
+            () = stop.cancelled() => return,
+            () = sighup => true,
+            () = tokio::time::sleep(interval) => false,
+        };
+        let now: Vec<_> = files.iter().map(|f| stamp(f)).collect();
+        if !by_signal && now == last {
+            continue;
+        }
+        if !by_signal {
+            // Debounce: wait until the files stop changing.
+            let mut settled = now;
+            loop {
+                tokio::time::sleep(interval).await;
+                let again: Vec<_> = files.iter().map(|f| stamp(f)).collect();
+                if again == settled {
+                    break;
+                }
+                settled = again;
+            }
+            tracing::info!("configuration or certificate file changed; reloading");
+        } else {
+            tracing::info!("SIGHUP received; reloading");
+        }
+        let _ = reloader.reload().await;
+        files = reloader.watched_files().await;
+        last = files.iter().map(|f| stamp(f)).collect();
+    }
+}

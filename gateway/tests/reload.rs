@@ -1,0 +1,237 @@
+//! Hot reload: under steady load, twenty reloads changing the upstream
+//! set, the limits and the certificate lose no request; an invalid file
+//! keeps the old configuration; rate-limit state survives an unchanged
+//! policy; SIGHUP-free file watching picks up edits.
+
+mod common;
+
+use common::upstream::{Replica, addrs, replicas};
+use common::{TestGateway, config_text, dev_cert, metric, spawn_gateway, upstream_text};
+use reqwest::StatusCode;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+fn text_for(gw_dir: &std::path::Path, servers: &[SocketAddr], limits: &str) -> String {
+    config_text(
+        gw_dir,
+        "http_mode = \"proxy\"",
+        &format!("{}\n{limits}", upstream_text(servers, "")),
+    )
+}
+
+async fn start(rs: &[Replica], limits: &str) -> TestGateway {
+    let dir = tempfile::tempdir().expect("dir");
+    dev_cert(dir.path());
+    let text = text_for(dir.path(), &addrs(rs), limits);
+    spawn_gateway(dir, &text).await
+}
+
+fn rewrite(gw: &TestGateway, text: &str) {
+    std::fs::write(gw.dir.path().join("gateway.toml"), text).expect("write config");
+}
+
+#[derive(Default)]
+struct Tally {
+    sent: AtomicUsize,
+    ok: AtomicUsize,
+    errors: AtomicUsize,
+    server_errors: AtomicUsize,
+}
+
+#[tokio::test]
+async fn twenty_reloads_under_load_lose_no_request() {
+    let rs = replicas(3).await;
+    let all = addrs(&rs);
+    let generous = "[rate_limits.per_ip]\nrate = \"100000r/s\"\nburst = 100000\nnodelay = true";
+    let gw = start(&rs, generous).await;
+    let tally = Arc::new(Tally::default());
+    let running = Arc::new(AtomicBool::new(true));
+    let mut workers = Vec::new();
+    for w in 0..8 {
+        let (tally, running) = (tally.clone(), running.clone());
+        // Half the load over HTTPS (h2 and h1), half over plain HTTP.
+        let (client, url) = match w % 4 {
+            0 => (gw.client(), gw.url("/whoami")),
+            1 => (
+                gw.client_builder().http1_only().build().expect("client"),
+                gw.url("/whoami"),
+            ),
+            _ => (
+                reqwest::Client::new(),
+                format!("http://{}/whoami", gw.http.expect("http")),
+            ),
+        };
+        workers.push(tokio::spawn(async move {
+            while running.load(Ordering::Relaxed) {
+                tally.sent.fetch_add(1, Ordering::Relaxed);
+                match client.get(&url).send().await {
+                    Ok(r) if r.status() == StatusCode::OK => {
+                        tally.ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(r) if r.status().is_server_error() => {
+                        tally.server_errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(_) => {}
+                    Err(_) => {
+                        tally.errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    let reloads = 20;
+    for i in 0..reloads {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let servers: Vec<SocketAddr> = match i % 3 {
+            0 => all[..2].to_vec(),
+            1 => all[1..].to_vec(),
+            _ => all.clone(),
+        };
+        let limits = format!(
+            "[rate_limits.per_ip]\nrate = \"{}r/s\"\nburst = 100000\nnodelay = true\n[limits]\nmax_body = \"{}KiB\"",
+            100_000 + i,
+            64 + i
+        );
+        if i % 4 == 0 {
+            dev_cert(gw.dir.path());
+        }
+        rewrite(&gw, &text_for(gw.dir.path(), &servers, &limits));
+        gw.reloader
+            .reload()
+            .await
+            .unwrap_or_else(|e| panic!("reload {i} rejected: {e}"));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    running.store(false, Ordering::Relaxed);
+    for w in workers {
+        w.await.expect("worker");
+    }
+    let (sent, ok) = (tally.sent.load(Ordering::Relaxed), tally.ok.load(Ordering::Relaxed));
+    let (errors, server_errors) = (
+        tally.errors.load(Ordering::Relaxed),
+        tally.server_errors.load(Ordering::Relaxed),
+    );
+    println!(
+        "reload under load: {sent} requests, {ok} ok, {errors} connection errors, {server_errors} 5xx, {reloads} reloads"
+    );
+    assert_eq!((errors, server_errors), (0, 0), "{sent} sent, {ok} ok");
+    assert_eq!(ok, sent);
+    assert!(sent > 200, "the load was too light to mean anything: {sent}");
+    let metrics = gw.metrics().await;
+    assert_eq!(
+        metric(&metrics, "gateway_config_reloads_total{result=\"applied\"}"),
+        f64::from(reloads)
+    );
+}
+
+#[tokio::test]
+async fn an_invalid_file_is_rejected_and_the_old_configuration_keeps_serving() {
+    let rs = replicas(1).await;
+    let gw = start(&rs, "[rate_limits]").await;
+    rewrite(
+        &gw,
+        "[server]\nbogus = 1\n[[routes]]\npath_prefix = \"/\"\nupstream = \"nowhere\"\n",
+    );
+    let problems = gw.reloader.reload().await.expect_err("rejected");
+    assert!(
+        problems.contains("server.bogus") && problems.contains("routes[0].upstream"),
+        "{problems}"
+    );
+    let response = reqwest::get(format!("http://{}/whoami", gw.http.expect("http")))
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), StatusCode::OK);
+    let metrics = gw.metrics().await;
+    assert_eq!(
+        metric(&metrics, "gateway_config_reloads_total{result=\"rejected\"}"),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn an_unchanged_policy_keeps_its_buckets_across_a_reload_and_a_changed_one_starts_fresh() {
+    let rs = replicas(1).await;
+    let strict = "[rate_limits.per_ip]\nrate = \"1r/m\"\nnodelay = true";
+    let gw = start(&rs, strict).await;
+    let url = format!("http://{}/whoami", gw.http.expect("http"));
+    let client = reqwest::Client::new();
+    assert_eq!(client.get(&url).send().await.expect("sent").status(), StatusCode::OK);
+    assert_eq!(
+        client.get(&url).send().await.expect("sent").status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // Same policy, other settings changed: still limited.
+    rewrite(
+        &gw,
+        &text_for(
+            gw.dir.path(),
+            &addrs(&rs),
+            &format!("{strict}\n[limits]\nmax_body = \"2MiB\""),
+        ),
+    );
+    gw.reloader.reload().await.expect("applied");
+    assert_eq!(
+        client.get(&url).send().await.expect("sent").status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // The policy itself changed: a new bucket.
+    rewrite(
+        &gw,
+        &text_for(
+            gw.dir.path(),
+            &addrs(&rs),
+            "[rate_limits.per_ip]\nrate = \"2r/m\"\nnodelay = true",
+        ),
+    );
+    gw.reloader.reload().await.expect("applied");
+    assert_eq!(client.get(&url).send().await.expect("sent").status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn editing_the_file_reloads_without_a_signal() {
+    let rs = replicas(2).await;
+    let gw = start(&rs[..1], "[rate_limits]").await;
+    let url = format!("http://{}/whoami", gw.http.expect("http"));
+    assert_eq!(
+        reqwest::get(&url).await.expect("sent").text().await.expect("body"),
+        "r0"
+    );
+    rewrite(&gw, &text_for(gw.dir.path(), &addrs(&rs[1..]), "[rate_limits]"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if reqwest::get(&url).await.expect("sent").text().await.expect("body") == "r1" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the edit was not picked up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_new_certificate_serves_new_handshakes() {
+    let rs = replicas(1).await;
+    let gw = start(&rs, "[rate_limits]").await;
+    let old_client = gw.client();
+    assert_eq!(
+        old_client.get(gw.url("/whoami")).send().await.expect("sent").status(),
+        StatusCode::OK
+    );
+    let fresh = dev_cert(gw.dir.path());
+    gw.reloader.reload().await.expect("applied");
+    let trusting_new = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(fresh.as_bytes()).expect("pem"))
+        .resolve("localhost", gw.https.expect("https"))
+        .build()
+        .expect("client");
+    assert_eq!(
+        trusting_new.get(gw.url("/whoami")).send().await.expect("sent").status(),
+        StatusCode::OK
+    );
+    let trusting_old = gw.client_builder().pool_max_idle_per_host(0).build().expect("client");
+    assert!(
+        trusting_old.get(gw.url("/whoami")).send().await.is_err(),
+        "the old certificate is still served"
+    );
+}
