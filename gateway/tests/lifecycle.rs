@@ -186,7 +186,10 @@ upstream = "ghost"
     let stderr = String::from_utf8_lossy(&out.stderr);
     for expected in [
         "bad.toml",
-        "server.shutdwn_grace: unknown key",
+        "bad.toml:4: server.shutdwn_grace: unknown key",
+        "bad.toml:11: limits.header_read_timeout",
+        "bad.toml:14: upstreams.app.servers[0]",
+        "bad.toml:19: routes[0].upstream",
         "limits.header_read_timeout",
         "tls.cert",
         "upstreams.app.servers[0]",

@@ -62,13 +62,16 @@ impl Sources {
 }
 
 /// One thing wrong with a configuration: the key (dotted path, or the
-/// variable/file it came from) and what is wrong with it.
+/// variable/file it came from), where it is in the file, and what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
     /// Dotted key, environment variable or file the problem is about.
     pub key: String,
     /// Why it is wrong, in words an operator can act on.
     pub message: String,
+    /// The line of the file where the key (or its nearest table) is, when
+    /// the problem is about a key written in the file.
+    pub line: Option<usize>,
 }
 
 impl Problem {
@@ -77,6 +80,7 @@ impl Problem {
         Self {
             key: key.into(),
             message: message.into(),
+            line: None,
         }
     }
 }
@@ -96,7 +100,10 @@ impl fmt::Display for ConfigError {
         let plural = if n == 1 { "" } else { "s" };
         write!(f, "invalid configuration ({}): {n} problem{plural}", self.origin)?;
         for p in &self.problems {
-            write!(f, "\n  - {}: {}", p.key, p.message)?;
+            match p.line {
+                Some(line) => write!(f, "\n  - {}:{line}: {}: {}", self.origin, p.key, p.message)?,
+                None => write!(f, "\n  - {}: {}", p.key, p.message)?,
+            }
         }
         Ok(())
     }
@@ -125,6 +132,9 @@ pub fn load<T: DeserializeOwned + Validate>(sources: &Sources, bindings: &[EnvBi
     let parsed = deserialize::<T>(table, &mut problems);
     if let Some(config) = &parsed {
         problems.extend(config.validate());
+    }
+    if let Some(text) = sources.file.as_deref().and_then(|p| std::fs::read_to_string(p).ok()) {
+        locate(&text, &mut problems);
     }
     match parsed {
         Some(config) if problems.is_empty() => Ok(config),
@@ -178,6 +188,51 @@ fn apply_env(
             problems.push(Problem::new(binding.var, message));
         }
     }
+}
+
+/// Fills in the file line of every problem whose key is written in `text`
+/// (or, failing that, of the nearest enclosing table or array it names).
+fn locate(text: &str, problems: &mut [Problem]) {
+    let Ok(doc) = toml_edit::Document::parse(text) else {
+        return;
+    };
+    for problem in problems.iter_mut() {
+        let mut item = doc.as_item();
+        let mut span = None;
+        for segment in path_segments(&problem.key) {
+            let next = match segment {
+                Segment::Key(k) => item.get(k),
+                Segment::Index(i) => item.get(i),
+            };
+            let Some(next) = next else { break };
+            span = next.span().or(span);
+            item = next;
+        }
+        problem.line = span.map(|s| text[..s.start].matches('\n').count() + 1);
+    }
+}
+
+enum Segment<'a> {
+    Key(&'a str),
+    Index(usize),
+}
+
+/// `routes[0].upstream` → `routes`, `0`, `upstream`.
+fn path_segments(key: &str) -> Vec<Segment<'_>> {
+    let mut out = Vec::new();
+    for part in key.split('.') {
+        let (name, mut rest) = part.split_once('[').map_or((part, ""), |(n, r)| (n, r));
+        if !name.is_empty() {
+            out.push(Segment::Key(name));
+        }
+        while let Some((index, after)) = rest.split_once(']') {
+            if let Ok(i) = index.parse() {
+                out.push(Segment::Index(i));
+            }
+            rest = after.strip_prefix('[').unwrap_or(after);
+        }
+    }
+    out
 }
 
 /// Reads a secret file: its contents with one trailing newline (`\n` or
@@ -436,6 +491,19 @@ mod tests {
         let keys: Vec<&str> = err.problems.iter().map(|p| p.key.as_str()).collect();
         assert_eq!(keys, ["inner.timeout", "port", "name"], "{err}");
         assert!(!err.to_string().contains("\nin `"), "{err}");
+    }
+
+    #[test]
+    fn problems_point_at_their_line_in_the_file() {
+        let f = file_with("name = \"ok\"\n\n[inner]\ntimeout = \"never\"\nextra = 1\n");
+        let err = load::<Demo>(&Sources::default().with_file(f.path()), BINDINGS).expect_err("must fail");
+        let lines: Vec<(&str, Option<usize>)> = err.problems.iter().map(|p| (p.key.as_str(), p.line)).collect();
+        assert_eq!(lines, [("inner.extra", Some(5)), ("inner.timeout", Some(4))], "{err}");
+        let shown = err.to_string();
+        assert!(
+            shown.contains(&format!("{}:4: inner.timeout", f.path().display())),
+            "{shown}"
+        );
     }
 
     #[test]
