@@ -18,6 +18,7 @@ pub mod proxy;
 pub mod proxy_protocol;
 pub mod rate_limit;
 pub mod reload;
+pub mod replay;
 pub mod server;
 pub mod stack;
 pub mod startup;

@@ -17,7 +17,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[command(name = "gateway", about = "TLS edge proxy with a per-client rate limiter")]
 struct Cli {
     /// The TOML configuration file.
-    #[arg(long, default_value = "gateway.toml")]
+    #[arg(long, global = true, default_value = "gateway.toml")]
     config: PathBuf,
     /// Validate the configuration, print every problem, and exit.
     #[arg(long)]
@@ -28,6 +28,13 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Replay a JSON access log against a proposed configuration's rate
+    /// limits and report which clients would be limited or delayed.
+    Replay {
+        /// The gateway's JSON access log (`log.format = "json"`).
+        #[arg(long)]
+        log: PathBuf,
+    },
     /// Write a self-signed development certificate (never for production).
     GenCert {
         /// Directory for cert.pem and key.pem.
@@ -65,6 +72,20 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(Command::Replay { log }) = &cli.command {
+        let report = std::fs::File::open(log)
+            .and_then(|f| gateway::replay::replay(&config, std::io::BufReader::new(f)));
+        return match report {
+            Ok(report) => {
+                print!("{}", report.render());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("gateway: cannot read {}: {e}", log.display());
+                ExitCode::FAILURE
+            }
+        };
+    }
     if cli.check_config {
         println!("gateway: configuration {} is valid", cli.config.display());
         return ExitCode::SUCCESS;

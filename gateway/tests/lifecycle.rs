@@ -257,3 +257,51 @@ fn the_committed_example_configurations_are_valid() {
         );
     }
 }
+
+#[tokio::test]
+async fn replay_reads_the_gateways_own_json_access_log() {
+    let rs = replicas(1).await;
+    let dir = tempfile::tempdir().expect("dir");
+    dev_cert(dir.path());
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let live = config_text(dir.path(), "http_mode = \"proxy\"", &upstream_text(&addrs(&rs), ""))
+        .replace("http = \"127.0.0.1:0\"", &format!("http = \"127.0.0.1:{port}\""))
+        + "\n[log]\nformat = \"json\"\n";
+    std::fs::write(dir.path().join("live.toml"), &live).expect("write");
+    let log_path = dir.path().join("access.log");
+    let mut child = gateway_bin()
+        .args(["--config"])
+        .arg(dir.path().join("live.toml"))
+        .stderr(std::fs::File::create(&log_path).expect("log file"))
+        .spawn()
+        .expect("spawns");
+    let url = format!("http://127.0.0.1:{port}/whoami");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while reqwest::get(&url).await.is_err() {
+        assert!(Instant::now() < deadline, "the gateway did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for _ in 0..30 {
+        assert_eq!(reqwest::get(&url).await.expect("sent").status(), StatusCode::OK);
+    }
+    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill").success());
+    assert!(child.wait().expect("exits").success());
+
+    // The live gateway had no limit; would 5 r/s burst 2 have hurt?
+    let proposed = live.replace("\n[rate_limits]\n", "\n[rate_limits.per_ip]\nrate = \"5r/s\"\nburst = 2\nnodelay = true\n");
+    std::fs::write(dir.path().join("proposed.toml"), proposed).expect("write");
+    let out = gateway_bin()
+        .args(["replay", "--log"])
+        .arg(&log_path)
+        .arg("--config")
+        .arg(dir.path().join("proposed.toml"))
+        .output()
+        .expect("runs");
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(report.contains("1 of 1 client keys would be limited"), "{report}");
+    assert!(report.contains("per_ip") && report.contains("127.0.0.1"), "{report}");
+}

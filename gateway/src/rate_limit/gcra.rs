@@ -39,6 +39,12 @@ impl Clock for MonotonicClock {
 pub struct FakeClock(AtomicU64);
 
 impl FakeClock {
+    /// Sets the time since the origin (never backwards: replay feeds it sorted times).
+    pub fn set(&self, since_origin: Duration) {
+        let to = u64::try_from(since_origin.as_nanos()).unwrap_or(u64::MAX);
+        self.0.fetch_max(to, Ordering::SeqCst);
+    }
+
     /// Moves the clock forward.
     pub fn advance(&self, by: Duration) {
         let by = u64::try_from(by.as_nanos()).unwrap_or(u64::MAX);
