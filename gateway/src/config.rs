@@ -7,7 +7,7 @@
 
 use bytesize::ByteSize;
 use ipnet::IpNet;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use shared::telemetry::LogFormat;
 use shared::{Problem, Validate};
 use std::collections::BTreeMap;
@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// The whole configuration.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct GatewayConfig {
     /// Listeners and shutdown.
@@ -72,7 +72,7 @@ fn default_policies() -> BTreeMap<String, PolicySettings> {
 }
 
 /// `[client_ip]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct ClientIpSettings {
     /// Peers whose `X-Forwarded-For` (walked from the right) and PROXY
@@ -150,6 +150,22 @@ impl std::str::FromStr for Rate {
     }
 }
 
+impl std::fmt::Display for Rate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let unit = match self.per {
+            RateUnit::Second => "s",
+            RateUnit::Minute => "m",
+        };
+        write!(f, "{}r/{unit}", self.count)
+    }
+}
+
+impl Serialize for Rate {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 impl<'de> Deserialize<'de> for Rate {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
@@ -157,7 +173,7 @@ impl<'de> Deserialize<'de> for Rate {
 }
 
 /// `[rate_limits.NAME]`: one policy, with nginx `limit_req` semantics.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PolicySettings {
     /// Sustained rate per client key.
@@ -182,7 +198,7 @@ fn default_reject_status() -> u16 {
 }
 
 /// `[rate_limit]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct RateLimitSettings {
     /// Client networks never limited.
@@ -212,7 +228,7 @@ impl Default for RateLimitSettings {
 }
 
 /// `[[rate_limit.rules]]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuleSettings {
     /// Requests whose path starts with this; the longest prefix wins.
@@ -225,7 +241,7 @@ pub struct RuleSettings {
 }
 
 /// What the plain-HTTP listener does.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum HttpMode {
     /// 308 to the same host and path on https.
@@ -238,7 +254,7 @@ pub enum HttpMode {
 }
 
 /// `[server]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct ServerSettings {
     /// HTTPS listener; needs `[tls]`. Unset: `0.0.0.0:443` when `[tls]` is
@@ -271,7 +287,7 @@ impl Default for ServerSettings {
 }
 
 /// `[tls]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsSettings {
     /// PEM certificate chain, leaf first.
@@ -281,7 +297,7 @@ pub struct TlsSettings {
 }
 
 /// `[limits]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct Limits {
     /// Open client connections, all listeners together; past it new
@@ -325,7 +341,7 @@ impl Default for Limits {
 }
 
 /// How an upstream picks a replica.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Balance {
     /// Each available replica in turn.
@@ -336,7 +352,7 @@ pub enum Balance {
 }
 
 /// `[upstreams.NAME]`
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default)]
 pub struct UpstreamSettings {
     /// Static replicas, `host:port` (names resolved once at start-up).
@@ -395,7 +411,7 @@ impl Default for UpstreamSettings {
 }
 
 /// `[upstreams.NAME.health]`
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default)]
 pub struct HealthSettings {
     /// Path probed with GET; 2xx is healthy.
@@ -425,7 +441,7 @@ impl Default for HealthSettings {
 }
 
 /// `[[routes]]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteSettings {
     /// Requests whose path starts with this go to `upstream`.
@@ -435,7 +451,7 @@ pub struct RouteSettings {
 }
 
 /// `[log]`
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(default)]
 pub struct LogSettings {
     /// `text` (default) or `json`.

@@ -73,8 +73,8 @@ async fn main() -> ExitCode {
         }
     };
     if let Some(Command::Replay { log }) = &cli.command {
-        let report = std::fs::File::open(log)
-            .and_then(|f| gateway::replay::replay(&config, std::io::BufReader::new(f)));
+        let report =
+            std::fs::File::open(log).and_then(|f| gateway::replay::replay(&config, std::io::BufReader::new(f)));
         return match report {
             Ok(report) => {
                 print!("{}", report.render());

@@ -64,12 +64,17 @@ fn parse_line(line: &str) -> Result<Option<Offered>, ()> {
     }
     let field = |k: &str| v.get(k).or_else(|| v.get("fields").and_then(|f| f.get(k)));
     let text = |k: &str| field(k).and_then(|x| x.as_str());
-    let Some(at) = v.get("timestamp").and_then(|t| t.as_str()).and_then(|t| humantime::parse_rfc3339_weak(t).ok())
+    let Some(at) = v
+        .get("timestamp")
+        .and_then(|t| t.as_str())
+        .and_then(|t| humantime::parse_rfc3339_weak(t).ok())
     else {
         return Ok(None);
     };
     let latency = field("latency_ms").and_then(serde_json::Value::as_f64).unwrap_or(0.0);
-    let started = at.checked_sub(Duration::from_secs_f64(latency.max(0.0) / 1000.0)).unwrap_or(at);
+    let started = at
+        .checked_sub(Duration::from_secs_f64(latency.max(0.0) / 1000.0))
+        .unwrap_or(at);
     let (Some(client), Some(method), Some(path)) = (
         text("client").and_then(|c| c.parse().ok()),
         text("method").and_then(|m| Method::from_bytes(m.as_bytes()).ok()),
@@ -77,7 +82,12 @@ fn parse_line(line: &str) -> Result<Option<Offered>, ()> {
     ) else {
         return Ok(None);
     };
-    Ok(Some(Offered { at: started, client, method, path: path.to_string() }))
+    Ok(Some(Offered {
+        at: started,
+        client,
+        method,
+        path: path.to_string(),
+    }))
 }
 
 /// Replays `log` against `config`'s rate limits.
@@ -99,9 +109,14 @@ pub fn replay(config: &GatewayConfig, log: impl BufRead) -> std::io::Result<Repo
         }
     }
     offered.sort_by_key(|o| o.at);
-    let Some(origin) = offered.first().map(|o| o.at) else { return Ok(report) };
+    let Some(origin) = offered.first().map(|o| o.at) else {
+        return Ok(report);
+    };
     let clock = Arc::new(FakeClock::default());
-    let prefixes = KeyPrefixes { v4: config.client_ip.ipv4_prefix, v6: config.client_ip.ipv6_prefix };
+    let prefixes = KeyPrefixes {
+        v4: config.client_ip.ipv4_prefix,
+        v6: config.client_ip.ipv6_prefix,
+    };
     let limiter = RateLimiter::new(&config.rate_limits, &config.rate_limit, prefixes, clock.clone(), None);
     for o in offered {
         clock.set(o.at.duration_since(origin).unwrap_or_default());
@@ -109,7 +124,10 @@ pub fn replay(config: &GatewayConfig, log: impl BufRead) -> std::io::Result<Repo
             report.unlimited += 1;
             continue;
         };
-        let tally = report.tallies.entry((decision.policy.name.to_string(), o.client)).or_default();
+        let tally = report
+            .tallies
+            .entry((decision.policy.name.to_string(), o.client))
+            .or_default();
         tally.requests += 1;
         let limited = match decision.outcome {
             Outcome::Passed => {
@@ -136,7 +154,11 @@ impl Report {
     /// A table for operators: limited clients first, most refusals first.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let limited: Vec<_> = self.tallies.iter().filter(|(_, t)| t.delayed + t.rejected > 0).collect();
+        let limited: Vec<_> = self
+            .tallies
+            .iter()
+            .filter(|(_, t)| t.delayed + t.rejected > 0)
+            .collect();
         let _ = writeln!(
             out,
             "{} access events replayed ({} unreadable lines, {} not limited by any rule); {} of {} client keys would be limited",
@@ -149,10 +171,17 @@ impl Report {
         let mut rows = limited;
         rows.sort_by(|a, b| (b.1.rejected, b.1.delayed).cmp(&(a.1.rejected, a.1.delayed)));
         if !rows.is_empty() {
-            let _ = writeln!(out, "{:<16} {:<40} {:>9} {:>9} {:>9} {:>9}  first limited", "policy", "client", "requests", "passed", "delayed", "rejected");
+            let _ = writeln!(
+                out,
+                "{:<16} {:<40} {:>9} {:>9} {:>9} {:>9}  first limited",
+                "policy", "client", "requests", "passed", "delayed", "rejected"
+            );
         }
         for ((policy, client), t) in rows {
-            let first = t.first_limited.map(|f| humantime::format_rfc3339_millis(f).to_string()).unwrap_or_default();
+            let first = t
+                .first_limited
+                .map(|f| humantime::format_rfc3339_millis(f).to_string())
+                .unwrap_or_default();
             let _ = writeln!(
                 out,
                 "{policy:<16} {client:<40} {:>9} {:>9} {:>9} {:>9}  {first}",
@@ -209,7 +238,11 @@ mod tests {
         assert_eq!((report.events, report.unreadable), (105, 1));
         let noisy = &report.tallies[&("per_ip".to_string(), "192.0.2.1".parse().expect("ip"))];
         assert_eq!(noisy.requests, 100);
-        assert_eq!(noisy.passed, 11 + 19, "burst 11, then 20 r/s over the remaining ~0.95 s");
+        assert_eq!(
+            noisy.passed,
+            11 + 19,
+            "burst 11, then 20 r/s over the remaining ~0.95 s"
+        );
         assert!(noisy.first_limited.is_some());
         let quiet = &report.tallies[&("per_ip".to_string(), "192.0.2.2".parse().expect("ip"))];
         assert_eq!((quiet.passed, quiet.rejected), (5, 0));

@@ -287,11 +287,20 @@ async fn replay_reads_the_gateways_own_json_access_log() {
     for _ in 0..30 {
         assert_eq!(reqwest::get(&url).await.expect("sent").status(), StatusCode::OK);
     }
-    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill").success());
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("kill")
+            .success()
+    );
     assert!(child.wait().expect("exits").success());
 
     // The live gateway had no limit; would 5 r/s burst 2 have hurt?
-    let proposed = live.replace("\n[rate_limits]\n", "\n[rate_limits.per_ip]\nrate = \"5r/s\"\nburst = 2\nnodelay = true\n");
+    let proposed = live.replace(
+        "\n[rate_limits]\n",
+        "\n[rate_limits.per_ip]\nrate = \"5r/s\"\nburst = 2\nnodelay = true\n",
+    );
     std::fs::write(dir.path().join("proposed.toml"), proposed).expect("write");
     let out = gateway_bin()
         .args(["replay", "--log"])
