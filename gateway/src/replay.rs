@@ -169,7 +169,7 @@ impl Report {
             self.tallies.len()
         );
         let mut rows = limited;
-        rows.sort_by(|a, b| (b.1.rejected, b.1.delayed).cmp(&(a.1.rejected, a.1.delayed)));
+        rows.sort_by_key(|(_, t)| std::cmp::Reverse((t.rejected, t.delayed)));
         if !rows.is_empty() {
             let _ = writeln!(
                 out,
