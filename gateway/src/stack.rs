@@ -171,6 +171,9 @@ async fn rate_limit(State(state): State<Arc<StackState>>, req: Request, next: Ne
         .metrics
         .rate_limit(&decision.policy.name, decision.outcome.as_str());
     let rejected = decision.outcome == Outcome::Rejected;
+    if rejected {
+        tracing::debug!(policy = %decision.policy.name, client = %client.ip, verdict = ?decision.verdict, "rate limited");
+    }
     let mut response = if rejected {
         let status = StatusCode::from_u16(decision.policy.settings.status).unwrap_or(StatusCode::TOO_MANY_REQUESTS);
         GatewayError::RateLimited {

@@ -28,6 +28,9 @@ const SHARDS: usize = 64;
 #[derive(Debug, Default)]
 struct Shard {
     map: HashMap<Key, u64>,
+    /// The latest time this shard decided at: decisions never go back in
+    /// time, even if a clock read on another core comes out earlier.
+    latest: u64,
 }
 
 /// Keyed GCRA state with a cap.
@@ -67,7 +70,8 @@ impl KeyedStore {
     /// moved on since (that once refused a request at 2% of the rate).
     pub fn decide_at(&self, gcra: &Gcra, key: Key, now: impl FnOnce() -> u64) -> Verdict {
         let mut shard = self.shard(&key);
-        let now = now();
+        let now = now().max(shard.latest);
+        shard.latest = now;
         let tat = shard.map.get(&key).copied();
         let (verdict, new_tat) = gcra.decide(tat, now);
         if let Some(new_tat) = new_tat {
