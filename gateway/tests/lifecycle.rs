@@ -5,7 +5,7 @@
 mod common;
 
 use common::upstream::{addrs, replicas};
-use common::{config_text, dev_cert, gateway_for, metric, spawn_gateway, upstream_text};
+use common::{config_text, dev_cert, gateway_for, http_gateway, metric, upstream_text};
 use reqwest::StatusCode;
 use std::io::{Read, Write};
 use std::process::Command;
@@ -14,17 +14,7 @@ use std::time::{Duration, Instant};
 #[tokio::test]
 async fn a_slowloris_connection_is_closed_after_the_header_timeout() {
     let rs = replicas(1).await;
-    let dir = tempfile::tempdir().expect("dir");
-    dev_cert(dir.path());
-    let text = config_text(
-        dir.path(),
-        "http_mode = \"proxy\"",
-        &format!(
-            "{}\n[limits]\nheader_read_timeout = \"500ms\"",
-            upstream_text(&addrs(&rs), "")
-        ),
-    );
-    let gw = spawn_gateway(dir, &text).await;
+    let gw = http_gateway(&addrs(&rs), "[limits]\nheader_read_timeout = \"500ms\"").await;
     let http = gw.http.expect("http");
     let closed = tokio::task::spawn_blocking(move || {
         let mut s = std::net::TcpStream::connect(http).expect("connect");
@@ -57,17 +47,7 @@ async fn a_slowloris_connection_is_closed_after_the_header_timeout() {
 #[tokio::test]
 async fn connections_beyond_the_per_ip_cap_are_closed() {
     let rs = replicas(1).await;
-    let dir = tempfile::tempdir().expect("dir");
-    dev_cert(dir.path());
-    let text = config_text(
-        dir.path(),
-        "http_mode = \"proxy\"",
-        &format!(
-            "{}\n[limits]\nmax_connections_per_ip = 2",
-            upstream_text(&addrs(&rs), "")
-        ),
-    );
-    let gw = spawn_gateway(dir, &text).await;
+    let gw = http_gateway(&addrs(&rs), "[limits]\nmax_connections_per_ip = 2").await;
     let http = gw.http.expect("http");
     let open: Vec<std::net::TcpStream> = (0..2)
         .map(|_| std::net::TcpStream::connect(http).expect("connect"))

@@ -5,24 +5,15 @@
 mod common;
 
 use common::upstream::{Replica, addrs, replicas};
-use common::{TestGateway, config_text, dev_cert, metric, spawn_gateway, upstream_text};
+use common::{TestGateway, config_text, dev_cert, metric, upstream_text};
 use reqwest::StatusCode;
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-/// A gateway whose HTTP listener proxies, with `limits` (TOML tables) for
-/// rate limiting and `server_extra` lines in `[server]`... or `[client_ip]`.
 async fn limited(rs: &[Replica], limits: &str) -> TestGateway {
-    let dir = tempfile::tempdir().expect("dir");
-    dev_cert(dir.path());
-    let text = config_text(
-        dir.path(),
-        "http_mode = \"proxy\"",
-        &format!("{}\n{limits}", upstream_text(&addrs(rs), "")),
-    );
-    spawn_gateway(dir, &text).await
+    common::http_gateway(&addrs(rs), limits).await
 }
 
 fn http_url(gw: &TestGateway, path: &str) -> String {

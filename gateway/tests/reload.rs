@@ -6,7 +6,7 @@
 mod common;
 
 use common::upstream::{Replica, addrs, replicas};
-use common::{TestGateway, config_text, dev_cert, metric, spawn_gateway, upstream_text};
+use common::{TestGateway, config_text, dev_cert, metric, upstream_text};
 use reqwest::StatusCode;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,10 +22,7 @@ fn text_for(gw_dir: &std::path::Path, servers: &[SocketAddr], limits: &str) -> S
 }
 
 async fn start(rs: &[Replica], limits: &str) -> TestGateway {
-    let dir = tempfile::tempdir().expect("dir");
-    dev_cert(dir.path());
-    let text = text_for(dir.path(), &addrs(rs), limits);
-    spawn_gateway(dir, &text).await
+    common::http_gateway(&addrs(rs), limits).await
 }
 
 fn rewrite(gw: &TestGateway, text: &str) {

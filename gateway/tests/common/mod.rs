@@ -122,6 +122,20 @@ pub async fn gateway_for(addrs: &[SocketAddr], upstream_extra: &str, rest: &str)
     spawn_gateway(dir, &text).await
 }
 
+/// A gateway whose plain-HTTP listener proxies (so tests can send raw
+/// bytes and bind client addresses) in front of `addrs`, with `rest`
+/// (limits, rate limits, client_ip...) after the upstream and route.
+pub async fn http_gateway(addrs: &[SocketAddr], rest: &str) -> TestGateway {
+    let dir = tempfile::tempdir().expect("dir");
+    dev_cert(dir.path());
+    let text = config_text(
+        dir.path(),
+        "http_mode = \"proxy\"",
+        &format!("{}\n{rest}", upstream_text(addrs, "")),
+    );
+    spawn_gateway(dir, &text).await
+}
+
 impl TestGateway {
     /// A client that trusts the gateway's certificate and reaches
     /// `localhost` at the HTTPS listener; HTTP/2 via ALPN.
