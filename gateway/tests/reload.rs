@@ -232,3 +232,28 @@ async fn a_new_certificate_serves_new_handshakes() {
         "the old certificate is still served"
     );
 }
+
+#[tokio::test]
+async fn a_request_in_flight_finishes_on_the_configuration_it_started_with() {
+    let rs = replicas(2).await;
+    let gw = start(&rs[..1], "[rate_limits]").await;
+    let url = format!("http://{}/slow?ms=800", gw.http.expect("http"));
+    let in_flight = tokio::spawn(async move { reqwest::get(url).await.expect("sent").text().await.expect("body") });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Swap the only replica for the other one while the request runs.
+    rewrite(&gw, &text_for(gw.dir.path(), &addrs(&rs[1..]), "[rate_limits]"));
+    gw.reloader.reload().await.expect("applied");
+    let who = reqwest::get(format!("http://{}/whoami", gw.http.expect("http")))
+        .await
+        .expect("sent");
+    assert_eq!(
+        who.text().await.expect("body"),
+        "r1",
+        "new requests use the new configuration"
+    );
+    assert_eq!(
+        in_flight.await.expect("task"),
+        "r0 slept",
+        "the running request finished where it started"
+    );
+}
