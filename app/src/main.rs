@@ -1,4 +1,5 @@
 //! `app`: loads the configuration, serves until SIGTERM/SIGINT, drains, exits.
+//! `app healthcheck`: exits 0 when this instance's `/readyz` answers 2xx.
 
 use app::config::AppConfig;
 use app::startup::Application;
@@ -14,6 +15,11 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // `app healthcheck`: probe this container's own readiness (for Docker).
+    if std::env::args().nth(1).as_deref() == Some("healthcheck") {
+        let target = shared::healthcheck::local_target(config.server.listen);
+        return shared::healthcheck::exit_code(target, "/readyz");
+    }
     let _log_guard = shared::telemetry::init(config.log.format);
     let app = match Application::build(config).await {
         Ok(app) => app,

@@ -128,6 +128,19 @@ fn the_binary_exits_zero_on_sigterm() {
         assert!(Instant::now() < deadline, "the app did not start");
         std::thread::sleep(Duration::from_millis(50));
     }
+    let healthcheck = |port: u16| {
+        binary()
+            .env_clear()
+            .env("APP_LISTEN", format!("0.0.0.0:{port}"))
+            .arg("healthcheck")
+            .status()
+            .expect("runs")
+    };
+    assert!(healthcheck(port).success(), "healthcheck of a ready app");
+    assert!(
+        !healthcheck(common::redis::free_port()).success(),
+        "healthcheck of nothing"
+    );
     let killed = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()

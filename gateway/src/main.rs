@@ -1,5 +1,6 @@
 //! `gateway`: run (`--config PATH`), validate (`--check-config`, like
-//! `nginx -t`), or make a development certificate (`gen-cert`).
+//! `nginx -t`), make a development certificate (`gen-cert`), replay an
+//! access log against proposed limits (`replay`), probe itself (`healthcheck`).
 
 use clap::{Parser, Subcommand};
 use gateway::config::GatewayConfig;
@@ -28,6 +29,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Exit 0 when this gateway's admin `/readyz` answers 2xx (for Docker).
+    Healthcheck,
     /// Replay a JSON access log against a proposed configuration's rate
     /// limits and report which clients would be limited or delayed.
     Replay {
@@ -72,6 +75,10 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(Command::Healthcheck) = &cli.command {
+        let target = shared::healthcheck::local_target(config.server.admin);
+        return shared::healthcheck::exit_code(target, "/readyz");
+    }
     if let Some(Command::Replay { log }) = &cli.command {
         let report =
             std::fs::File::open(log).and_then(|f| gateway::replay::replay(&config, std::io::BufReader::new(f)));

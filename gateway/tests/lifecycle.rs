@@ -243,12 +243,21 @@ async fn replay_reads_the_gateways_own_json_access_log() {
     let rs = replicas(1).await;
     let dir = tempfile::tempdir().expect("dir");
     dev_cert(dir.path());
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        l.local_addr().expect("addr").port()
+    // Two ports free at once (both listeners held until both are known).
+    let (port, admin_port) = {
+        let a = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let b = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        (
+            a.local_addr().expect("addr").port(),
+            b.local_addr().expect("addr").port(),
+        )
     };
     let live = config_text(dir.path(), "http_mode = \"proxy\"", &upstream_text(&addrs(&rs), ""))
         .replace("http = \"127.0.0.1:0\"", &format!("http = \"127.0.0.1:{port}\""))
+        .replace(
+            "admin = \"127.0.0.1:0\"",
+            &format!("admin = \"127.0.0.1:{admin_port}\""),
+        )
         + "\n[log]\nformat = \"json\"\n";
     std::fs::write(dir.path().join("live.toml"), &live).expect("write");
     let log_path = dir.path().join("access.log");
@@ -267,6 +276,12 @@ async fn replay_reads_the_gateways_own_json_access_log() {
     for _ in 0..30 {
         assert_eq!(reqwest::get(&url).await.expect("sent").status(), StatusCode::OK);
     }
+    let healthcheck = gateway_bin()
+        .args(["healthcheck", "--config"])
+        .arg(dir.path().join("live.toml"))
+        .status()
+        .expect("runs");
+    assert!(healthcheck.success(), "the running gateway is ready");
     assert!(
         Command::new("kill")
             .args(["-TERM", &child.id().to_string()])

@@ -4,10 +4,12 @@
 //!   variables, then `*_FILE` secret files, with every problem reported at once.
 //! - [`secret`]: a wrapper that keeps secret values out of `Debug` and logs.
 //! - [`telemetry`]: the one tracing-subscriber setup (text or JSON).
+//! - [`healthcheck`]: the `healthcheck` subcommand's probe (images carry no curl).
 //! - [`request_id`]: the request id rule shared by gateway and app.
 //! - [`shutdown`]: the stop signal, the token handed to every task, and the drain.
 
 pub mod config;
+pub mod healthcheck;
 pub mod request_id;
 pub mod secret;
 pub mod shutdown;
