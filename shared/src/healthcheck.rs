@@ -61,8 +61,15 @@ mod tests {
         let addr = l.local_addr().expect("addr");
         std::thread::spawn(move || {
             if let Ok((mut s, _)) = l.accept() {
+                // Read the whole request head before answering and closing.
+                let mut head = Vec::new();
                 let mut buf = [0u8; 512];
-                let _ = s.read(&mut buf);
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
                 let _ = s.write_all(answer.as_bytes());
             }
         });
