@@ -109,6 +109,15 @@ fn gateway_bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_gateway"))
 }
 
+/// `gateway --check-config --config PATH`.
+fn check_config(path: &std::path::Path) -> std::process::Output {
+    gateway_bin()
+        .args(["--check-config", "--config"])
+        .arg(path)
+        .output()
+        .expect("runs")
+}
+
 #[test]
 fn check_config_accepts_a_good_file() {
     let dir = tempfile::tempdir().expect("dir");
@@ -123,11 +132,7 @@ fn check_config_accepts_a_good_file() {
         ),
     )
     .expect("write");
-    let out = gateway_bin()
-        .args(["--check-config", "--config"])
-        .arg(&path)
-        .output()
-        .expect("runs");
+    let out = check_config(&path);
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("is valid"));
 }
@@ -157,11 +162,7 @@ path_prefix = "api"
 upstream = "ghost"
 "#;
     std::fs::write(&path, text).expect("write");
-    let out = gateway_bin()
-        .args(["--check-config", "--config"])
-        .arg(&path)
-        .output()
-        .expect("runs");
+    let out = check_config(&path);
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     for expected in [
@@ -205,30 +206,9 @@ fn gen_cert_writes_a_usable_pair() {
 
 #[test]
 fn the_committed_example_configurations_are_valid() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     for file in ["gateway.example.toml", "deploy/local-gateway.toml"] {
-        let text = std::fs::read_to_string(root.join(file)).expect("committed file");
-        // Certificates are secrets/generated: validate against a fresh pair.
-        let dir = tempfile::tempdir().expect("dir");
-        dev_cert(dir.path());
-        let text = text
-            .replace(
-                "/run/secrets/tls_cert",
-                &dir.path().join("cert.pem").display().to_string(),
-            )
-            .replace(
-                "/run/secrets/tls_key",
-                &dir.path().join("key.pem").display().to_string(),
-            )
-            .replace("certs/dev/cert.pem", &dir.path().join("cert.pem").display().to_string())
-            .replace("certs/dev/key.pem", &dir.path().join("key.pem").display().to_string());
-        let path = dir.path().join("gateway.toml");
-        std::fs::write(&path, text).expect("write");
-        let out = gateway_bin()
-            .args(["--check-config", "--config"])
-            .arg(&path)
-            .output()
-            .expect("runs");
+        let (_dir, path) = common::committed_config(file);
+        let out = check_config(&path);
         assert_eq!(
             out.status.code(),
             Some(0),

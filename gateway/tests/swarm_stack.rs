@@ -2,6 +2,8 @@
 //! here, these checks are how it stays right: the invariants that bite in
 //! production, and Docker's own schema check (`docker stack config`).
 
+mod common;
+
 use gateway::config::GatewayConfig;
 use serde_yaml::Value;
 use std::collections::BTreeSet;
@@ -190,21 +192,8 @@ fn secrets_reach_the_processes_through_files_only() {
 fn the_gateway_config_discovers_the_app_tasks_and_drains_within_the_stop_grace() {
     let stack = stack();
     let config_file = stack["configs"]["gateway_toml"]["file"].as_str().expect("config file");
-    let text = std::fs::read_to_string(root().join(config_file)).expect("gateway config");
-    // Certificates are secrets: validate against a generated pair.
-    let dir = tempfile::tempdir().expect("dir");
-    gateway::tls::write_self_signed(dir.path(), &["localhost".into()]).expect("cert");
-    let text = text
-        .replace(
-            "/run/secrets/tls_cert",
-            &dir.path().join("cert.pem").display().to_string(),
-        )
-        .replace(
-            "/run/secrets/tls_key",
-            &dir.path().join("key.pem").display().to_string(),
-        );
-    let path = dir.path().join("gateway.toml");
-    std::fs::write(&path, text).expect("write");
+    // Certificates are secrets: validated against a generated pair.
+    let (_dir, path) = common::committed_config(config_file);
     let config = GatewayConfig::load(&path).expect("the deployed config is valid");
 
     let app_port = stack["services"]["app"]["environment"]["APP_LISTEN"]

@@ -122,6 +122,27 @@ pub async fn gateway_for(addrs: &[SocketAddr], upstream_extra: &str, rest: &str)
     spawn_gateway(dir, &text).await
 }
 
+/// A committed configuration file (path from the repository root), copied
+/// into a temporary directory with its certificate paths (Swarm secrets or
+/// the local dev pair) pointing at a freshly generated pair; returns the
+/// directory (keep it alive) and the copy's path.
+pub fn committed_config(file: &str) -> (tempfile::TempDir, PathBuf) {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let text = std::fs::read_to_string(root.join(file)).expect("committed file");
+    let dir = tempfile::tempdir().expect("dir");
+    dev_cert(dir.path());
+    let cert = dir.path().join("cert.pem").display().to_string();
+    let key = dir.path().join("key.pem").display().to_string();
+    let text = text
+        .replace("/run/secrets/tls_cert", &cert)
+        .replace("/run/secrets/tls_key", &key)
+        .replace("certs/dev/cert.pem", &cert)
+        .replace("certs/dev/key.pem", &key);
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(&path, text).expect("write");
+    (dir, path)
+}
+
 /// A gateway whose plain-HTTP listener proxies (so tests can send raw
 /// bytes and bind client addresses) in front of `addrs`, with `rest`
 /// (limits, rate limits, client_ip...) after the upstream and route.
