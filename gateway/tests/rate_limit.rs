@@ -38,13 +38,7 @@ async fn one_client_at_100_per_second_for_5_seconds_gets_110_through_at_20_per_s
     let (mut ok, mut refused) = (0, 0);
     for i in 0..500u32 {
         tokio::time::sleep_until(start + Duration::from_millis(u64::from(i) * 10)).await;
-        match client
-            .get(http_url(&gw, "/whoami"))
-            .send()
-            .await
-            .expect("sent")
-            .status()
-        {
+        match common::status(&client, &http_url(&gw, "/whoami")).await {
             StatusCode::OK => ok += 1,
             StatusCode::TOO_MANY_REQUESTS => refused += 1,
             other => panic!("unexpected {other}"),
@@ -141,7 +135,7 @@ async fn five_hundred_clients_at_15_per_second_pass_while_a_noisy_neighbour_is_l
             let mut refused = 0;
             for i in 0..8u64 {
                 tokio::time::sleep_until(start + Duration::from_millis(i * 67)).await;
-                if client.get(&url).send().await.expect("sent").status() == StatusCode::TOO_MANY_REQUESTS {
+                if common::status(&client, &url).await == StatusCode::TOO_MANY_REQUESTS {
                     refused += 1;
                 }
             }
@@ -151,7 +145,7 @@ async fn five_hundred_clients_at_15_per_second_pass_while_a_noisy_neighbour_is_l
     let noisy = client_from("127.2.0.1");
     let mut noisy_refused = 0;
     for _ in 0..60 {
-        if noisy.get(&url).send().await.expect("sent").status() == StatusCode::TOO_MANY_REQUESTS {
+        if common::status(&noisy, &url).await == StatusCode::TOO_MANY_REQUESTS {
             noisy_refused += 1;
         }
     }
@@ -319,38 +313,17 @@ async fn the_allowlist_bypasses_and_dry_run_only_counts() {
     let allowed = client_from("127.3.0.1");
     for _ in 0..5 {
         assert_eq!(
-            allowed
-                .get(http_url(&gw, "/whoami"))
-                .send()
-                .await
-                .expect("sent")
-                .status(),
+            common::status(&allowed, &http_url(&gw, "/whoami")).await,
             StatusCode::OK
         );
     }
     let normal = client_from("127.0.0.1");
     for _ in 0..3 {
-        assert_eq!(
-            normal.get(http_url(&gw, "/echo")).send().await.expect("sent").status(),
-            StatusCode::OK
-        );
+        assert_eq!(common::status(&normal, &http_url(&gw, "/echo")).await, StatusCode::OK);
     }
+    assert_eq!(common::status(&normal, &http_url(&gw, "/whoami")).await, StatusCode::OK);
     assert_eq!(
-        normal
-            .get(http_url(&gw, "/whoami"))
-            .send()
-            .await
-            .expect("sent")
-            .status(),
-        StatusCode::OK
-    );
-    assert_eq!(
-        normal
-            .get(http_url(&gw, "/whoami"))
-            .send()
-            .await
-            .expect("sent")
-            .status(),
+        common::status(&normal, &http_url(&gw, "/whoami")).await,
         StatusCode::TOO_MANY_REQUESTS
     );
     let metrics = gw.metrics().await;

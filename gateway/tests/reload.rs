@@ -154,11 +154,8 @@ async fn an_unchanged_policy_keeps_its_buckets_across_a_reload_and_a_changed_one
     let gw = start(&rs, strict).await;
     let url = format!("http://{}/whoami", gw.http.expect("http"));
     let client = reqwest::Client::new();
-    assert_eq!(client.get(&url).send().await.expect("sent").status(), StatusCode::OK);
-    assert_eq!(
-        client.get(&url).send().await.expect("sent").status(),
-        StatusCode::TOO_MANY_REQUESTS
-    );
+    assert_eq!(common::status(&client, &url).await, StatusCode::OK);
+    assert_eq!(common::status(&client, &url).await, StatusCode::TOO_MANY_REQUESTS);
     // Same policy, other settings changed: still limited.
     rewrite(
         &gw,
@@ -169,10 +166,7 @@ async fn an_unchanged_policy_keeps_its_buckets_across_a_reload_and_a_changed_one
         ),
     );
     gw.reloader.reload().await.expect("applied");
-    assert_eq!(
-        client.get(&url).send().await.expect("sent").status(),
-        StatusCode::TOO_MANY_REQUESTS
-    );
+    assert_eq!(common::status(&client, &url).await, StatusCode::TOO_MANY_REQUESTS);
     // The policy itself changed: a new bucket.
     rewrite(
         &gw,
@@ -183,7 +177,7 @@ async fn an_unchanged_policy_keeps_its_buckets_across_a_reload_and_a_changed_one
         ),
     );
     gw.reloader.reload().await.expect("applied");
-    assert_eq!(client.get(&url).send().await.expect("sent").status(), StatusCode::OK);
+    assert_eq!(common::status(&client, &url).await, StatusCode::OK);
 }
 
 #[tokio::test]
@@ -211,10 +205,7 @@ async fn a_new_certificate_serves_new_handshakes() {
     let rs = replicas(1).await;
     let gw = start(&rs, "[rate_limits]").await;
     let old_client = gw.client();
-    assert_eq!(
-        old_client.get(gw.url("/whoami")).send().await.expect("sent").status(),
-        StatusCode::OK
-    );
+    assert_eq!(common::status(&old_client, &gw.url("/whoami")).await, StatusCode::OK);
     let fresh = dev_cert(gw.dir.path());
     gw.reloader.reload().await.expect("applied");
     let trusting_new = reqwest::Client::builder()
@@ -222,10 +213,7 @@ async fn a_new_certificate_serves_new_handshakes() {
         .resolve("localhost", gw.https.expect("https"))
         .build()
         .expect("client");
-    assert_eq!(
-        trusting_new.get(gw.url("/whoami")).send().await.expect("sent").status(),
-        StatusCode::OK
-    );
+    assert_eq!(common::status(&trusting_new, &gw.url("/whoami")).await, StatusCode::OK);
     let trusting_old = gw.client_builder().pool_max_idle_per_host(0).build().expect("client");
     assert!(
         trusting_old.get(gw.url("/whoami")).send().await.is_err(),

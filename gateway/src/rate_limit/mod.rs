@@ -419,23 +419,22 @@ mod tests {
         );
     }
 
+    fn rules_a_and_b() -> Vec<RuleSettings> {
+        ["a", "b"]
+            .map(|p| RuleSettings {
+                path_prefix: format!("/{p}"),
+                methods: vec![],
+                policy: p.into(),
+            })
+            .into()
+    }
+
     #[test]
     fn unchanged_policies_keep_their_state_across_a_rebuild() {
         let clock = Arc::new(FakeClock::default());
         let old = limiter(
             &[("a", policy(1, 0, true, false)), ("b", policy(1, 0, true, false))],
-            vec![
-                RuleSettings {
-                    path_prefix: "/a".into(),
-                    methods: vec![],
-                    policy: "a".into(),
-                },
-                RuleSettings {
-                    path_prefix: "/b".into(),
-                    methods: vec![],
-                    policy: "b".into(),
-                },
-            ],
+            rules_a_and_b(),
             clock.clone(),
         );
         let client = ip("192.0.2.1");
@@ -448,18 +447,7 @@ mod tests {
         .into_iter()
         .collect();
         let settings = RateLimitSettings {
-            rules: vec![
-                RuleSettings {
-                    path_prefix: "/a".into(),
-                    methods: vec![],
-                    policy: "a".into(),
-                },
-                RuleSettings {
-                    path_prefix: "/b".into(),
-                    methods: vec![],
-                    policy: "b".into(),
-                },
-            ],
+            rules: rules_a_and_b(),
             ..RateLimitSettings::default()
         };
         let new = RateLimiter::new(&map, &settings, KeyPrefixes::default(), clock, Some(&old));

@@ -200,6 +200,11 @@ impl TestGateway {
     }
 }
 
+/// The status of `GET url` with `client`.
+pub async fn status(client: &reqwest::Client, url: &str) -> reqwest::StatusCode {
+    client.get(url).send().await.expect("sent").status()
+}
+
 /// The value of an unlabelled or labelled series in Prometheus text, or 0.
 pub fn metric(text: &str, series: &str) -> f64 {
     text.lines()
