@@ -271,6 +271,10 @@ pub struct ServerSettings {
     /// How long in-flight requests may run after SIGTERM.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// Serving threads, each with its own event loop, listening sockets
+    /// and upstream connections (nginx's `worker_processes`); unset: one
+    /// per CPU (see [`GatewayConfig::workers`]).
+    pub workers: Option<usize>,
 }
 
 impl Default for ServerSettings {
@@ -282,6 +286,7 @@ impl Default for ServerSettings {
             redirect_https_port: None,
             admin: SocketAddr::from(([127, 0, 0, 1], 9901)),
             shutdown_grace: Duration::from_secs(25),
+            workers: None,
         }
     }
 }
@@ -472,6 +477,13 @@ impl GatewayConfig {
         (self.server.http_mode != HttpMode::Off).then_some(self.server.http)
     }
 
+    /// Serving threads: `server.workers`, else one per CPU.
+    pub fn workers(&self) -> usize {
+        self.server
+            .workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get))
+    }
+
     /// Reads and validates the file at `path`.
     pub fn load(path: &Path) -> Result<Self, shared::ConfigError> {
         shared::config::load(&shared::Sources::default().with_file(path), &[])
@@ -512,6 +524,12 @@ impl Validate for GatewayConfig {
                     p.push(Problem::new(key, format!("{} is not a readable file", path.display())));
                 }
             }
+        }
+        if s.workers == Some(0) {
+            p.push(Problem::new(
+                "server.workers",
+                "must be at least 1 (omit it for one per CPU)",
+            ));
         }
         let l = &self.limits;
         for (key, n) in [

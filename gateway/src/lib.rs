@@ -2,7 +2,9 @@
 //! upstream replicas with health checks and retries, access logs and
 //! metrics. See `shared/design/GATEWAY.md` and the README.
 //!
-//! A request flows through [`server`] (accept, caps, TLS, hyper), [`stack`]
+//! Requests are served by [`workers`] (one event loop per thread, as
+//! nginx's worker processes). A request flows through [`server`] (accept,
+//! caps, TLS, hyper), [`stack`]
 //! (request id, access log and metrics, load shedding, the [`rate_limit`]er
 //! keyed by [`client_ip`], body limit) and
 //! [`proxy`] (route, forward, retry) to a replica chosen by [`balancer`].
@@ -23,3 +25,4 @@ pub mod server;
 pub mod stack;
 pub mod startup;
 pub mod tls;
+pub mod workers;

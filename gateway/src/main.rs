@@ -49,7 +49,9 @@ enum Command {
     },
 }
 
-#[tokio::main]
+// The control runtime (admin listener, reloads, health checks, signals)
+// needs one thread; requests are served by the workers' own runtimes.
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(Command::GenCert { out, names }) = cli.command {

@@ -49,6 +49,13 @@ pub struct RefusedLabels {
     pub reason: &'static str,
 }
 
+/// A serving worker.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WorkerLabels {
+    /// The worker's index (`server.workers`).
+    pub worker: String,
+}
+
 /// A rate-limit decision.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DecisionLabels {
@@ -88,6 +95,8 @@ pub struct Metrics {
     pub connections: Gauge,
     /// Connections closed at once, by reason.
     pub refused: Family<RefusedLabels, Counter>,
+    /// Connections accepted, by worker (shows how evenly they spread).
+    pub accepted: Family<WorkerLabels, Counter>,
     /// 1 when a replica is available, 0 when not.
     pub upstream_healthy: Family<EndpointLabels, Gauge>,
     /// Retries by upstream and cause.
@@ -112,6 +121,7 @@ impl Default for Metrics {
         let in_flight = Gauge::default();
         let connections = Gauge::default();
         let refused = Family::<RefusedLabels, Counter>::default();
+        let accepted = Family::<WorkerLabels, Counter>::default();
         let upstream_healthy = Family::<EndpointLabels, Gauge>::default();
         let retries = Family::<RetryLabels, Counter>::default();
         let rate_limit_decisions = Family::<DecisionLabels, Counter>::default();
@@ -129,6 +139,11 @@ impl Default for Metrics {
             "connections_refused",
             "Connections closed at once, by reason",
             refused.clone(),
+        );
+        registry.register(
+            "worker_connections",
+            "Connections accepted, by worker",
+            accepted.clone(),
         );
         registry.register(
             "upstream_healthy",
@@ -154,6 +169,7 @@ impl Default for Metrics {
             in_flight,
             connections,
             refused,
+            accepted,
             upstream_healthy,
             retries,
             rate_limit_decisions,

@@ -39,35 +39,46 @@ pub struct Route {
     pub metrics: crate::metrics::RouteMetrics,
 }
 
-/// An upstream and the pooled client that reaches its replicas.
+/// An upstream and the pooled clients that reach its replicas: one per
+/// worker, so a worker's requests travel on connections its own event
+/// loop drives (as each nginx worker keeps its own `keepalive` pool), and
+/// one for everything else (health checks).
 #[derive(Debug)]
 pub struct UpstreamClient {
     /// Replicas and balancing.
     pub upstream: Arc<Upstream>,
-    client: Client<HttpConnector, Body>,
+    clients: Box<[Client<HttpConnector, Body>]>,
 }
 
 impl UpstreamClient {
-    /// A client with the upstream's connect timeout and keep-alive pool.
-    pub fn new(upstream: Arc<Upstream>) -> Self {
+    /// Clients with the upstream's connect timeout and keep-alive pool for
+    /// `workers` workers and the control runtime.
+    pub fn new(upstream: Arc<Upstream>, workers: usize) -> Self {
         let s = &upstream.settings;
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(s.connect_timeout));
         connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(s.keepalive_timeout)
-            .pool_max_idle_per_host(s.keepalive_max_idle)
-            .build(connector);
-        Self { upstream, client }
+        let clients = (0..=workers)
+            .map(|_| {
+                Client::builder(TokioExecutor::new())
+                    .pool_timer(TokioTimer::new())
+                    .pool_idle_timeout(s.keepalive_timeout)
+                    .pool_max_idle_per_host(s.keepalive_max_idle)
+                    .build(connector.clone())
+            })
+            .collect();
+        Self { upstream, clients }
     }
 
-    /// Sends a prepared request to one replica (used by health checks too).
+    /// Sends a prepared request to one replica (used by health checks too),
+    /// on the calling worker's own pool.
     pub async fn send(
         &self,
         req: Request<Body>,
     ) -> Result<Response<hyper::body::Incoming>, hyper_util::client::legacy::Error> {
-        self.client.request(req).await
+        let control = self.clients.len() - 1;
+        let index = crate::workers::current().map_or(control, |w| w.min(control));
+        self.clients[index].request(req).await
     }
 }
 

@@ -82,7 +82,7 @@ async fn upstream_clients(
             }
         }
         let upstream = Arc::new(Upstream::new(name, settings.clone(), &addrs));
-        clients.insert(name.clone(), Arc::new(UpstreamClient::new(upstream)));
+        clients.insert(name.clone(), Arc::new(UpstreamClient::new(upstream, config.workers())));
     }
     Ok(clients)
 }
@@ -213,6 +213,9 @@ pub fn restart_needed(old: &GatewayConfig, new: &GatewayConfig) -> Vec<&'static 
     }
     if old.limits.max_connections_per_ip != new.limits.max_connections_per_ip {
         keys.push("limits.max_connections_per_ip");
+    }
+    if old.workers() != new.workers() {
+        keys.push("server.workers");
     }
     if old.client_ip.proxy_protocol != new.client_ip.proxy_protocol {
         keys.push("client_ip.proxy_protocol");

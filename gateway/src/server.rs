@@ -6,7 +6,7 @@
 
 use crate::client_ip::TrustedProxies;
 use crate::config::{ClientIpSettings, Limits};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, WorkerLabels};
 use crate::proxy_protocol;
 use axum::body::Body;
 use http::{Request, Response};
@@ -217,6 +217,8 @@ pub async fn accept_loop(listener: TcpListener, kind: Listener, current: Current
             }
         };
         let _ = stream.set_nodelay(true);
+        let worker = crate::workers::current().map_or_else(|| "none".to_string(), |w| w.to_string());
+        ctx.metrics.accepted.get_or_create(&WorkerLabels { worker }).inc();
         let (ctx2, current) = (ctx.clone(), current.clone());
         ctx.tracker.spawn(async move {
             ctx2.metrics.connections.inc();

@@ -7,8 +7,7 @@ use crate::proxy::{Proxy, Routes};
 use crate::rate_limit::{Outcome, RateLimiter};
 use crate::server::{ClientInfo, HttpService};
 use axum::body::Body;
-use axum::extract::{Request, State};
-use axum::middleware::{self, Next};
+use axum::extract::Request;
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::Limited;
@@ -18,7 +17,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 use tokio::sync::Semaphore;
-use tower::ServiceBuilder;
 use tower::util::BoxCloneSyncService;
 
 /// The request id of a request, in its extensions.
@@ -55,55 +53,76 @@ pub struct RateLimitNote {
 
 /// The proxying stack of the HTTPS listener (and of HTTP in `proxy` mode).
 pub fn proxy_stack(state: StackState) -> HttpService {
-    // Shared, not copied: middleware clones its state on every request.
     let state = Arc::new(state);
-    let observe_state = ObserveState {
+    let observe = Arc::new(ObserveState {
         unrouted: state.metrics.route("none"),
         metrics: state.metrics.clone(),
         routes: state.proxy.routes.clone(),
-    };
-    let proxy = state.proxy.clone();
-    let inner = tower::service_fn(move |req: Request| {
-        let proxy = proxy.clone();
-        async move {
-            let id = request_id(&req);
-            Ok::<_, Infallible>(proxy.forward(req).await.unwrap_or_else(|e| e.into_response_with(&id)))
-        }
     });
-    let service = ServiceBuilder::new()
-        // Outermost: every later layer, log line and error body sees the id.
-        .layer(middleware::from_fn(assign_request_id))
-        // Access log and metrics see the final status, errors included, and
-        // the whole response body (bytes, time to last byte).
-        .layer(middleware::from_fn_with_state(Arc::new(observe_state), observe))
-        // Shed load before doing any work for the request.
-        .layer(middleware::from_fn_with_state(state.clone(), shed_load))
-        // Rate limit after shedding (a flood must not cost key state when
-        // the gateway is already overloaded), before any body is read or
-        // upstream touched.
-        .layer(middleware::from_fn_with_state(state.clone(), rate_limit))
-        // Refuse oversized bodies before the proxy streams them anywhere.
-        .layer(middleware::from_fn_with_state(state, limit_body))
-        .service(inner);
-    BoxCloneSyncService::new(service)
+    BoxCloneSyncService::new(tower::service_fn(move |req: Request| {
+        let (state, observe) = (state.clone(), observe.clone());
+        async move { Ok::<_, Infallible>(proxy_layers(&state, &observe, req).await) }
+    }))
 }
 
-/// The stack of the plain-HTTP listener in `redirect` mode: 308 to https.
+/// The proxying layers, outermost first. Each layer is an async function
+/// of the request and the rest of the stack (`next`), composed here at
+/// compile time: a request costs one boxed future for the whole stack,
+/// not a box, a service clone and an extractor pass per layer.
+async fn proxy_layers(state: &StackState, observe_state: &ObserveState, req: Request) -> Response<Body> {
+    // Outermost: every later layer, log line and error body sees the id.
+    assign_request_id(req, async |req| {
+        // Access log and metrics see the final status, errors included, and
+        // the whole response body (bytes, time to last byte).
+        observe(observe_state, req, async |req| {
+            // Shed load before doing any work for the request.
+            shed_load(state, req, async |req| {
+                // Rate limit after shedding (a flood must not cost key state
+                // when the gateway is already overloaded), before any body is
+                // read or upstream touched.
+                rate_limit(state, req, async |req| {
+                    // Refuse oversized bodies before the proxy streams them anywhere.
+                    limit_body(state, req, async |req| {
+                        let id = request_id(&req);
+                        state
+                            .proxy
+                            .forward(req)
+                            .await
+                            .unwrap_or_else(|e| e.into_response_with(&id))
+                    })
+                    .await
+                })
+                .await
+            })
+            .await
+        })
+        .await
+    })
+    .await
+}
+
+/// The stack of the plain-HTTP listener in `redirect` mode: 308 to https,
+/// with a request id and an access-log line like every answer.
 pub fn redirect_stack(metrics: Arc<Metrics>, https_port: u16) -> HttpService {
-    let inner = tower::service_fn(move |req: Request| async move {
-        let id = request_id(&req);
-        Ok::<_, Infallible>(redirect(&req, https_port).unwrap_or_else(|e| e.into_response_with(&id)))
-    });
-    let state = ObserveState {
+    let observe_state = Arc::new(ObserveState {
         unrouted: metrics.route("redirect"),
         metrics,
         routes: Routes::new(Vec::new()),
-    };
-    let service = ServiceBuilder::new()
-        .layer(middleware::from_fn(assign_request_id))
-        .layer(middleware::from_fn_with_state(Arc::new(state), observe))
-        .service(inner);
-    BoxCloneSyncService::new(service)
+    });
+    BoxCloneSyncService::new(tower::service_fn(move |req: Request| {
+        let observe_state = observe_state.clone();
+        async move {
+            let response = assign_request_id(req, async |req| {
+                observe(&observe_state, req, async |req| {
+                    let id = request_id(&req);
+                    redirect(&req, https_port).unwrap_or_else(|e| e.into_response_with(&id))
+                })
+                .await
+            })
+            .await;
+            Ok::<_, Infallible>(response)
+        }
+    }))
 }
 
 fn request_id(req: &Request) -> Arc<str> {
@@ -139,20 +158,24 @@ fn redirect(req: &Request, https_port: u16) -> Result<Response<Body>, GatewayErr
     Ok(response)
 }
 
-async fn assign_request_id(mut req: Request, next: Next) -> Response<Body> {
+async fn assign_request_id(mut req: Request, next: impl AsyncFnOnce(Request) -> Response<Body>) -> Response<Body> {
     let header = &shared::request_id::HEADER;
     let (id, value) = shared::request_id::accept_or_generate(req.headers().get(header));
     req.headers_mut().insert(header.clone(), value.clone());
     req.extensions_mut().insert(RequestId(Arc::from(id)));
-    let mut response = next.run(req).await;
+    let mut response = next(req).await;
     response.headers_mut().insert(header.clone(), value);
     response
 }
 
-async fn shed_load(State(state): State<Arc<StackState>>, req: Request, next: Next) -> Response<Body> {
-    match state.in_flight.clone().try_acquire_owned() {
+async fn shed_load(
+    state: &StackState,
+    req: Request,
+    next: impl AsyncFnOnce(Request) -> Response<Body>,
+) -> Response<Body> {
+    match state.in_flight.try_acquire() {
         Ok(permit) => {
-            let response = next.run(req).await;
+            let response = next(req).await;
             drop(permit);
             response
         }
@@ -160,12 +183,16 @@ async fn shed_load(State(state): State<Arc<StackState>>, req: Request, next: Nex
     }
 }
 
-async fn rate_limit(State(state): State<Arc<StackState>>, req: Request, next: Next) -> Response<Body> {
+async fn rate_limit(
+    state: &StackState,
+    req: Request,
+    next: impl AsyncFnOnce(Request) -> Response<Body>,
+) -> Response<Body> {
     let Some(client) = req.extensions().get::<ClientInfo>().copied() else {
-        return next.run(req).await;
+        return next(req).await;
     };
     let Some(decision) = state.limiter.check(client.ip, req.method(), req.uri().path()) else {
-        return next.run(req).await;
+        return next(req).await;
     };
     state
         .metrics
@@ -185,7 +212,7 @@ async fn rate_limit(State(state): State<Arc<StackState>>, req: Request, next: Ne
         if !decision.delay.is_zero() {
             tokio::time::sleep(decision.delay).await;
         }
-        next.run(req).await
+        next(req).await
     };
     if rejected || state.limiter.headers {
         decision.write_headers(response.headers_mut());
@@ -197,7 +224,11 @@ async fn rate_limit(State(state): State<Arc<StackState>>, req: Request, next: Ne
     response
 }
 
-async fn limit_body(State(state): State<Arc<StackState>>, req: Request, next: Next) -> Response<Body> {
+async fn limit_body(
+    state: &StackState,
+    req: Request,
+    next: impl AsyncFnOnce(Request) -> Response<Body>,
+) -> Response<Body> {
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -207,7 +238,7 @@ async fn limit_body(State(state): State<Arc<StackState>>, req: Request, next: Ne
         return GatewayError::PayloadTooLarge(state.max_body).into_response_with(&request_id(&req));
     }
     let max = usize::try_from(state.max_body).unwrap_or(usize::MAX);
-    next.run(req.map(|body| Body::new(Limited::new(body, max)))).await
+    next(req.map(|body| Body::new(Limited::new(body, max)))).await
 }
 
 /// Displays an optional value as itself or as nothing (no allocation).
@@ -306,7 +337,11 @@ struct ObserveState {
     unrouted: RouteMetrics,
 }
 
-async fn observe(State(state): State<Arc<ObserveState>>, req: Request, next: Next) -> Response<Body> {
+async fn observe(
+    state: &ObserveState,
+    req: Request,
+    next: impl AsyncFnOnce(Request) -> Response<Body>,
+) -> Response<Body> {
     state.metrics.in_flight.inc();
     let (route, route_metrics) = state.routes.find(req.uri().path()).map_or_else(
         || (Arc::from("none"), state.unrouted.clone()),
@@ -327,7 +362,7 @@ async fn observe(State(state): State<Arc<ObserveState>>, req: Request, next: Nex
         bytes: 0,
     };
     let mut log = log;
-    let response = next.run(req).await;
+    let response = next(req).await;
     let (parts, body) = response.into_parts();
     log.status = parts.status.as_u16();
     log.upstream = parts.extensions.get::<UpstreamAddr>().map(|u| u.0);

@@ -10,14 +10,15 @@ use crate::config::GatewayConfig;
 use crate::metrics::Metrics;
 use crate::reload::{self, Reloader, build_active};
 use crate::server::{self, Listener, ServerContext};
+use crate::workers;
 use anyhow::Context;
 use shared::shutdown::{CancellationToken, TaskTracker};
 use std::net::SocketAddr;
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-use tokio::net::TcpListener;
 
 /// How often watched files are checked for changes.
 const WATCH_INTERVAL: Duration = Duration::from_millis(500);
@@ -28,16 +29,14 @@ pub struct Gateway {
     config: GatewayConfig,
     https: Option<TcpListener>,
     http: Option<TcpListener>,
-    admin: TcpListener,
+    admin: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
     current: server::Current,
     reloader: Arc<Reloader>,
 }
 
-async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr} ({what})"))
+fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    workers::bind(addr).with_context(|| format!("cannot listen on {addr} ({what})"))
 }
 
 impl Gateway {
@@ -54,14 +53,16 @@ impl Gateway {
 
     async fn build_with_path(config: GatewayConfig, path: Option<PathBuf>) -> anyhow::Result<Self> {
         let https = match config.https_listener() {
-            Some(addr) => Some(bind(addr, "https").await?),
+            Some(addr) => Some(bind(addr, "https")?),
             None => None,
         };
         let http = match config.http_listener() {
-            Some(addr) => Some(bind(addr, "http").await?),
+            Some(addr) => Some(bind(addr, "http")?),
             None => None,
         };
-        let admin = bind(config.server.admin, "admin").await?;
+        let admin = tokio::net::TcpListener::bind(config.server.admin)
+            .await
+            .with_context(|| format!("cannot listen on {} (admin)", config.server.admin))?;
         let https_port = https
             .as_ref()
             .and_then(|l| l.local_addr().ok())
@@ -129,18 +130,14 @@ impl Gateway {
             stop.clone(),
             tracker.clone(),
         ));
-        let mut loops = Vec::new();
+        let mut listeners = Vec::new();
         for (listener, kind) in [(https, Listener::Https), (http, Listener::Http)] {
             if let Some(listener) = listener {
-                tracing::info!(addr = %listener.local_addr()?, ?kind, "listening");
-                loops.push(tokio::spawn(server::accept_loop(
-                    listener,
-                    kind,
-                    current.clone(),
-                    ctx.clone(),
-                )));
+                tracing::info!(addr = %listener.local_addr()?, ?kind, workers = config.workers(), "listening");
+                listeners.push((listener, kind));
             }
         }
+        let workers = workers::spawn(config.workers(), listeners, &current, &ctx)?;
         tokio::spawn(reload::watch(reloader.clone(), WATCH_INTERVAL, background.clone()));
         let admin_state = AdminState {
             metrics: metrics.clone(),
@@ -159,10 +156,9 @@ impl Gateway {
         draining.store(true, Ordering::Release);
         let grace = reloader.shutdown_grace().await;
         tracing::info!(?grace, "draining: listeners closed, finishing in-flight requests");
-        for l in loops {
-            let _ = l.await;
-        }
+        workers.stopped_accepting().await;
         let outcome = shared::shutdown::drain(&tracker, grace).await;
+        workers.finish().await;
         background.cancel();
         let _ = admin_server.await;
         tracing::info!(?outcome, "gateway stopped");

@@ -17,6 +17,7 @@ fn keys_of_the_types() -> BTreeSet<String> {
 [server]
 https = "127.0.0.1:0"
 redirect_https_port = 443
+workers = 2
 [tls]
 cert = "{cert}"
 key = "{key}"

@@ -144,6 +144,7 @@ fn check_config_reports_every_problem_of_a_bad_file_and_fails() {
     let text = r#"
 [server]
 https = "127.0.0.1:8443"
+workers = 0
 shutdwn_grace = "5s"
 
 [tls]
@@ -167,10 +168,11 @@ upstream = "ghost"
     let stderr = String::from_utf8_lossy(&out.stderr);
     for expected in [
         "bad.toml",
-        "bad.toml:4: server.shutdwn_grace: unknown key",
-        "bad.toml:11: limits.header_read_timeout",
-        "bad.toml:14: upstreams.app.servers[0]",
-        "bad.toml:19: routes[0].upstream",
+        "bad.toml:4: server.workers: must be at least 1",
+        "bad.toml:5: server.shutdwn_grace: unknown key",
+        "bad.toml:12: limits.header_read_timeout",
+        "bad.toml:15: upstreams.app.servers[0]",
+        "bad.toml:20: routes[0].upstream",
         "limits.header_read_timeout",
         "tls.cert",
         "upstreams.app.servers[0]",

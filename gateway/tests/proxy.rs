@@ -423,3 +423,26 @@ async fn a_discovered_upstream_is_resolved_through_dns() {
     }
     assert_eq!(rs[0].hits(), 5);
 }
+
+#[tokio::test]
+async fn connections_spread_over_every_worker_and_each_proxies() {
+    let rs = replicas(1).await;
+    let dir = tempfile::tempdir().expect("dir");
+    common::dev_cert(dir.path());
+    let text = common::config_text(dir.path(), "workers = 2", &common::upstream_text(&addrs(&rs), ""));
+    let gw = common::spawn_gateway(dir, &text).await;
+    // No idle connections kept: every request arrives on a new connection,
+    // which the kernel hands to one worker's socket by its address hash.
+    let client = gw.client_builder().pool_max_idle_per_host(0).build().expect("client");
+    let connections = 40;
+    for _ in 0..connections {
+        assert_eq!(common::status(&client, &gw.url("/whoami")).await, StatusCode::OK);
+    }
+    let text = gw.metrics().await;
+    let per_worker = |w: &str| metric(&text, &format!("gateway_worker_connections_total{{worker=\"{w}\"}}"));
+    let (w0, w1) = (per_worker("0"), per_worker("1"));
+    assert_eq!(w0 + w1, f64::from(connections), "{text}");
+    // All 40 on one worker would happen with probability 2^-39.
+    assert!(w0 > 0.0 && w1 > 0.0, "one worker took every connection: {w0} / {w1}");
+    assert_eq!(rs[0].hits(), 40, "both workers reached the upstream");
+}

@@ -91,6 +91,8 @@ pub fn init(format: LogFormat) -> Guard {
     let buffered = Buffered::new();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // Colour codes only for a terminal, never into a log file.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(buffered.clone());
     let installed = match format {
         LogFormat::Text => builder.try_init(),
