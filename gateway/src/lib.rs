@@ -9,6 +9,7 @@
 //! keyed by [`client_ip`], body limit) and
 //! [`proxy`] (route, forward, retry) to a replica chosen by [`balancer`].
 
+pub mod access_log;
 pub mod admin;
 pub mod balancer;
 pub mod client_ip;

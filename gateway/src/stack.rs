@@ -1,6 +1,7 @@
 //! The only place the request layers are ordered, outermost first, each
 //! with the reason it sits where it does.
 
+use crate::access_log;
 use crate::errors::GatewayError;
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::proxy::{Proxy, Routes};
@@ -241,24 +242,6 @@ async fn limit_body(
     next(req.map(|body| Body::new(Limited::new(body, max)))).await
 }
 
-/// Displays an optional value as itself or as nothing (no allocation).
-struct Maybe<T>(Option<T>);
-
-impl<T: std::fmt::Display> std::fmt::Display for Maybe<T> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.0 {
-            Some(v) => v.fmt(f),
-            None => Ok(()),
-        }
-    }
-}
-
-impl std::fmt::Display for RateLimitNote {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{}", self.policy, self.outcome)
-    }
-}
-
 /// Access-log fields gathered while the request runs; logged once, when
 /// the response body ends or is dropped.
 struct AccessLog {
@@ -281,19 +264,18 @@ impl Drop for AccessLog {
         let seconds = self.started.elapsed().as_secs_f64();
         self.route_metrics.observe(self.status, seconds);
         self.metrics.in_flight.dec();
-        tracing::info!(
-            target: "access",
-            client = %Maybe(self.client.map(|c| c.ip)),
-            method = %self.method,
-            path = %self.path,
-            status = self.status,
-            route = %self.route,
-            upstream = %Maybe(self.upstream),
-            latency_ms = seconds * 1000.0,
-            bytes = self.bytes,
-            rate_limit = %Maybe(self.rate_limit.as_ref()),
-            request_id = %self.request_id,
-        );
+        access_log::write(&access_log::Entry {
+            client: self.client.map(|c| c.ip),
+            method: self.method.as_str(),
+            path: &self.path,
+            status: self.status,
+            route: &self.route,
+            upstream: self.upstream,
+            latency_ms: seconds * 1000.0,
+            bytes: self.bytes,
+            rate_limit: self.rate_limit.as_ref().map(|n| (&*n.policy, n.outcome)),
+            request_id: &self.request_id,
+        });
     }
 }
 

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::io::{BufWriter, Stderr, Write};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
@@ -82,6 +82,24 @@ impl<'a> MakeWriter<'a> for Buffered {
     }
 }
 
+/// The stream [`init`] installed and its format, for [`write_line`].
+static STREAM: OnceLock<(Buffered, LogFormat)> = OnceLock::new();
+
+/// The format of the log stream, once [`init`] has installed it.
+pub fn stream_format() -> Option<LogFormat> {
+    STREAM.get().map(|(_, format)| *format)
+}
+
+/// Writes one whole, already formatted line (ending in `\n`) to the log
+/// stream, between events and never inside one. For a high-volume record
+/// formatted by its owner (the gateway's access log); before [`init`], or
+/// when another subscriber was installed first, the line is dropped.
+pub fn write_line(line: &[u8]) {
+    if let Some((buffered, _)) = STREAM.get() {
+        let _ = buffered.lock().write_all(line);
+    }
+}
+
 /// Installs the global subscriber: level filter from `RUST_LOG` (default
 /// `info`), events in `format` on stderr through [`Buffered`]. Calling it
 /// twice is harmless (the second call is ignored), so tests may call it
@@ -101,6 +119,7 @@ pub fn init(format: LogFormat) -> Guard {
     if installed.is_err() {
         return Guard(None);
     }
+    let _ = STREAM.set((buffered.clone(), format));
     let flusher = buffered.clone();
     let _ = std::thread::Builder::new().name("log-flush".into()).spawn(move || {
         loop {
