@@ -87,15 +87,21 @@ h2load_run() {
 }
 
 declare -A H1_RPS H1_P50 H1_P99 H2_RPS H2_MEAN
+# Each round runs both proxies back to back (alternating which goes first),
+# so a round's ratio compares them under the same machine conditions.
+declare -a H1_RATIO
 for ((round = 1; round <= ROUNDS; round++)); do
-  for proxy in nginx gateway; do
+  order="nginx gateway"; ((round % 2)) || order="gateway nginx"
+  declare -A ROUND_RPS=()
+  for proxy in $order; do
     if [ "$proxy" = nginx ]; then http=$NG_HTTP; https=$NG_HTTPS; else http=$GW_HTTP; https=$GW_HTTPS; fi
     read -r rps p50 p99 < <(wrk_run "http://127.0.0.1:$http/healthz" "$DURATION" "$CONNS")
-    H1_RPS[$proxy]+="$rps "; H1_P50[$proxy]+="$p50 "; H1_P99[$proxy]+="$p99 "
+    H1_RPS[$proxy]+="$rps "; H1_P50[$proxy]+="$p50 "; H1_P99[$proxy]+="$p99 "; ROUND_RPS[$proxy]=$rps
     read -r rps2 mean2 < <(h2load_run "https://127.0.0.1:$https/healthz" "$CONNS" "$H2_REQUESTS")
     H2_RPS[$proxy]+="$rps2 "; H2_MEAN[$proxy]+="$mean2 "
     echo "round $round $proxy: h1 $rps req/s p50 ${p50}ms p99 ${p99}ms | h2+tls $rps2 req/s mean ${mean2}ms" >&2
   done
+  H1_RATIO+=("$(awk -v g="${ROUND_RPS[gateway]}" -v n="${ROUND_RPS[nginx]}" 'BEGIN { printf "%.3f", g / n }')")
 done
 
 med() { median ${1}; }
@@ -105,10 +111,13 @@ for proxy in nginx gateway; do
   printf '%-10s %14s %10s %10s %16s %12s\n' "$proxy" "$(med "${H1_RPS[$proxy]}")" "$(med "${H1_P50[$proxy]}")" \
     "$(med "${H1_P99[$proxy]}")" "$(med "${H2_RPS[$proxy]}")" "$(med "${H2_MEAN[$proxy]}")"
 done
-awk -v g="$(med "${H1_RPS[gateway]}")" -v n="$(med "${H1_RPS[nginx]}")" \
+sorted_ratios=$(printf '%s\n' "${H1_RATIO[@]}" | sort -g | tr '\n' ' ')
+awk -v pm="$(median "${H1_RATIO[@]}")" -v range="$(echo "$sorted_ratios" | awk '{ printf "%s to %s", $1, $NF }')" \
+    -v g="$(med "${H1_RPS[gateway]}")" -v n="$(med "${H1_RPS[nginx]}")" \
     -v gp="$(med "${H1_P99[gateway]}")" -v np="$(med "${H1_P99[nginx]}")" \
     -v g2="$(med "${H2_RPS[gateway]}")" -v n2="$(med "${H2_RPS[nginx]}")" 'BEGIN {
   printf "gateway/nginx HTTP/1.1 req/s: %.2fx (target >= 1.0)\n", g / n
+  printf "  same-round ratios: median %.2fx, range %s\n", pm, range
   printf "gateway/nginx HTTP/1.1 p99:   %.2fx (target <= 1.0)\n", gp / np
   printf "gateway/nginx HTTP/2+TLS req/s: %.2fx\n", g2 / n2
 }'
