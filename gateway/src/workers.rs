@@ -10,7 +10,8 @@
 //! until the stop token fires. [`Workers::stopped_accepting`] resolves once
 //! every worker has closed its sockets; the workers keep driving their open
 //! connections until [`Workers::finish`], which drops whatever is left and
-//! waits for the threads to end.
+//! waits for the threads to end. Dropping [`Workers`] (the serving future
+//! dropped without a drain) ends the workers at once.
 
 use crate::server::{self, Current, Listener, ServerContext};
 use shared::shutdown::{CancellationToken, TaskTracker};
@@ -117,26 +118,34 @@ pub fn spawn(
                     }
                 };
                 runtime.block_on(async move {
-                    let mut loops = Vec::new();
-                    for (socket, kind) in sockets {
-                        match tokio::net::TcpListener::from_std(socket) {
-                            Ok(listener) => {
-                                loops.push(tokio::spawn(server::accept_loop(
-                                    listener,
-                                    kind,
-                                    current.clone(),
-                                    ctx.clone(),
-                                )));
+                    let serve = async {
+                        let mut loops = Vec::new();
+                        for (socket, kind) in sockets {
+                            match tokio::net::TcpListener::from_std(socket) {
+                                Ok(listener) => {
+                                    loops.push(tokio::spawn(server::accept_loop(
+                                        listener,
+                                        kind,
+                                        current.clone(),
+                                        ctx.clone(),
+                                    )));
+                                }
+                                Err(error) => tracing::error!(worker = index, %error, "cannot use a listening socket"),
                             }
-                            Err(error) => tracing::error!(worker = index, %error, "cannot use a listening socket"),
                         }
+                        for l in loops {
+                            let _ = l.await;
+                        }
+                        drop(accepting_token);
+                        // Keep driving this worker's connections through the drain.
+                        std::future::pending::<()>().await;
+                    };
+                    // `finish` ends the worker at once: after the drain, or
+                    // when the `Workers` handle is dropped without one.
+                    tokio::select! {
+                        () = serve => {}
+                        () = finish.cancelled() => {}
                     }
-                    for l in loops {
-                        let _ = l.await;
-                    }
-                    drop(accepting_token);
-                    // Keep driving this worker's connections through the drain.
-                    finish.cancelled().await;
                 });
                 // Dropping the runtime closes the connections still open.
             })?;

@@ -105,6 +105,24 @@ async fn shutdown_lets_the_in_flight_request_finish_and_reports_draining() {
     stopping.await.expect("task").expect("clean stop");
 }
 
+#[tokio::test]
+async fn dropping_the_serving_future_stops_the_workers_and_closes_their_sockets() {
+    let rs = replicas(1).await;
+    let gw = http_gateway(&addrs(&rs), "").await;
+    let http = gw.http.expect("http");
+    let url = format!("http://{http}/whoami");
+    assert_eq!(common::status(&reqwest::Client::new(), &url).await, StatusCode::OK);
+    let _dir = gw.abort().await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while tokio::net::TcpStream::connect(http).await.is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "a worker still accepts after its gateway was dropped"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn gateway_bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_gateway"))
 }

@@ -188,6 +188,14 @@ impl TestGateway {
             .expect("text")
     }
 
+    /// Drops the serving future without a shutdown (as a panic or a dropped
+    /// runtime would); returns the directory, to keep it alive.
+    pub async fn abort(self) -> tempfile::TempDir {
+        self.handle.abort();
+        let _ = self.handle.await;
+        self.dir
+    }
+
     /// Starts shutdown; the returned handle ends when draining is done.
     pub fn begin_stop(self) -> JoinHandle<anyhow::Result<()>> {
         self.stop.cancel();
