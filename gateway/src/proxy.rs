@@ -288,7 +288,12 @@ impl Proxy {
         if let Some(h) = &host {
             parts.headers.insert(header::HOST, h.clone());
         }
-        let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
+        // A cheap clone (shared bytes), reused by every try without re-parsing.
+        let path_and_query = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
         let replay = self.prepare_body(&parts, body, settings.retry_buffer.as_u64()).await?;
 
         let idempotent = is_idempotent(&parts.method);
@@ -301,7 +306,7 @@ impl Proxy {
             let uri = Uri::builder()
                 .scheme("http")
                 .authority(endpoint.authority.clone())
-                .path_and_query(path_and_query.as_str())
+                .path_and_query(path_and_query.clone())
                 .build()
                 .map_err(|e| GatewayError::BadRequest(e.to_string()))?;
             let mut attempt_req = Request::new(body);
