@@ -50,7 +50,17 @@ start_upstreams() {
   done
 }
 
-# start_gateway WORK NAME EXTRA_TOML -> sets GW_HTTP: a gateway proxying
+# cpu_ticks PID... -> user + system clock ticks the processes have used.
+cpu_ticks() {
+  local pid total=0 fields
+  for pid in "$@"; do
+    read -r -a fields <"/proc/$pid/stat"
+    total=$((total + fields[13] + fields[14]))
+  done
+  echo "$total"
+}
+
+# start_gateway WORK NAME EXTRA_TOML -> sets GW_HTTP and GW_PID: a gateway proxying
 # plain HTTP (and HTTPS on GW_HTTPS) to UP1/UP2, access log to a file.
 start_gateway() {
   local work=$1 name=$2 extra=$3
@@ -77,6 +87,7 @@ upstream = "app"
 $extra
 TOML
   RUST_LOG=info target/release/gateway --config "$work/$name.toml" 2>"$work/$name-access.log" &
-  pids+=($!)
+  GW_PID=$!
+  pids+=("$GW_PID")
   wait_http "http://127.0.0.1:$GW_HTTP/healthz" 30
 }
