@@ -525,14 +525,9 @@ impl Validate for GatewayConfig {
                 }
             }
         }
-        if s.workers == Some(0) {
-            p.push(Problem::new(
-                "server.workers",
-                "must be at least 1 (omit it for one per CPU)",
-            ));
-        }
         let l = &self.limits;
         for (key, n) in [
+            ("server.workers", s.workers.unwrap_or(1)),
             ("limits.max_connections", l.max_connections),
             ("limits.max_connections_per_ip", l.max_connections_per_ip),
             ("limits.max_requests_in_flight", l.max_requests_in_flight),

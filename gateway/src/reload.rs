@@ -57,6 +57,7 @@ impl Drop for Active {
 async fn upstream_clients(
     config: &GatewayConfig,
     previous: Option<&Active>,
+    workers: usize,
 ) -> anyhow::Result<BTreeMap<String, Arc<UpstreamClient>>> {
     let mut clients = BTreeMap::new();
     for (name, settings) in &config.upstreams {
@@ -82,9 +83,20 @@ async fn upstream_clients(
             }
         }
         let upstream = Arc::new(Upstream::new(name, settings.clone(), &addrs));
-        clients.insert(name.clone(), Arc::new(UpstreamClient::new(upstream, config.workers())));
+        clients.insert(name.clone(), Arc::new(UpstreamClient::new(upstream, workers)));
     }
     Ok(clients)
+}
+
+/// What start-up fixed for the life of the process: a reload builds on
+/// these running values even when the file now says otherwise (such
+/// changes are reported by [`restart_needed`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fixed {
+    /// The HTTPS listener's port (written into redirects by default).
+    pub https_port: u16,
+    /// Serving workers, each with its own upstream pools.
+    pub workers: usize,
 }
 
 /// Builds a generation from `config`, reusing what `previous` has for
@@ -93,9 +105,9 @@ pub async fn build_active(
     config: GatewayConfig,
     previous: Option<&Active>,
     metrics: &Arc<Metrics>,
-    https_port: u16,
+    fixed: Fixed,
 ) -> anyhow::Result<Active> {
-    let clients = upstream_clients(&config, previous).await?;
+    let clients = upstream_clients(&config, previous, fixed.workers).await?;
     let tls = match &config.tls {
         Some(t) => Some(TlsAcceptor::from(tls::server_config(&t.cert, &t.key)?)),
         None => None,
@@ -137,9 +149,10 @@ pub async fn build_active(
     });
     let plain = match config.server.http_mode {
         HttpMode::Proxy => proxying.clone(),
-        HttpMode::Redirect | HttpMode::Off => {
-            stack::redirect_stack(metrics.clone(), config.server.redirect_https_port.unwrap_or(https_port))
-        }
+        HttpMode::Redirect | HttpMode::Off => stack::redirect_stack(
+            metrics.clone(),
+            config.server.redirect_https_port.unwrap_or(fixed.https_port),
+        ),
     };
     let generation = Arc::new(Generation {
         builder: hyper_builder(&config.limits),
@@ -233,26 +246,20 @@ pub struct Reloader {
     current: Current,
     active: tokio::sync::Mutex<Active>,
     metrics: Arc<Metrics>,
-    https_port: u16,
+    fixed: Fixed,
     upstreams: Mutex<Vec<Arc<Upstream>>>,
 }
 
 impl Reloader {
     /// A reloader for the configuration in `active`, read from `path`.
-    pub fn new(
-        path: Option<PathBuf>,
-        current: Current,
-        active: Active,
-        metrics: Arc<Metrics>,
-        https_port: u16,
-    ) -> Self {
+    pub fn new(path: Option<PathBuf>, current: Current, active: Active, metrics: Arc<Metrics>, fixed: Fixed) -> Self {
         let upstreams = Mutex::new(active.clients.values().map(|c| c.upstream.clone()).collect());
         Self {
             path,
             current,
             active: tokio::sync::Mutex::new(active),
             metrics,
-            https_port,
+            fixed,
             upstreams,
         }
     }
@@ -304,7 +311,7 @@ impl Reloader {
         if !restart.is_empty() {
             tracing::warn!(settings = ?restart, "these settings changed but need a restart; their running values stay");
         }
-        let next = build_active(config, Some(&active), &self.metrics, self.https_port)
+        let next = build_active(config, Some(&active), &self.metrics, self.fixed)
             .await
             .map_err(|e| format!("{e:#}"))?;
         self.current.store(next.generation.clone());
@@ -369,5 +376,26 @@ pub async fn watch(reloader: Arc<Reloader>, interval: Duration, stop: Cancellati
         let _ = reloader.reload().await;
         files = reloader.watched_files().await;
         last = files.iter().map(|f| stamp(f)).collect();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_only_a_restart_changes_are_reported_and_others_are_not() {
+        let old = GatewayConfig::default();
+        assert!(restart_needed(&old, &old.clone()).is_empty());
+        let mut new = old.clone();
+        new.server.workers = Some(old.workers() + 1);
+        new.server.admin = "127.0.0.1:9999".parse().expect("addr");
+        new.limits.max_connections += 1;
+        new.server.shutdown_grace = Duration::from_secs(1);
+        new.limits.max_body = bytesize::ByteSize::mib(9);
+        assert_eq!(
+            restart_needed(&old, &new),
+            ["server.admin", "limits.max_connections", "server.workers"]
+        );
     }
 }

@@ -194,6 +194,9 @@ impl ServerContext {
 /// Accepts connections on `listener` until the stop token fires, serving
 /// each with the generation current when it arrives.
 pub async fn accept_loop(listener: TcpListener, kind: Listener, current: Current, ctx: Arc<ServerContext>) {
+    // This loop's worker never changes: find its counter once.
+    let worker = crate::workers::current().map_or_else(|| "none".to_string(), |w| w.to_string());
+    let accepted_here = ctx.metrics.accepted.get_or_create(&WorkerLabels { worker }).clone();
     loop {
         let accepted = tokio::select! {
             () = ctx.stop.cancelled() => break,
@@ -217,8 +220,7 @@ pub async fn accept_loop(listener: TcpListener, kind: Listener, current: Current
             }
         };
         let _ = stream.set_nodelay(true);
-        let worker = crate::workers::current().map_or_else(|| "none".to_string(), |w| w.to_string());
-        ctx.metrics.accepted.get_or_create(&WorkerLabels { worker }).inc();
+        accepted_here.inc();
         let (ctx2, current) = (ctx.clone(), current.clone());
         ctx.tracker.spawn(async move {
             ctx2.metrics.connections.inc();

@@ -8,7 +8,7 @@
 use crate::admin::{self, AdminState};
 use crate::config::GatewayConfig;
 use crate::metrics::Metrics;
-use crate::reload::{self, Reloader, build_active};
+use crate::reload::{self, Fixed, Reloader, build_active};
 use crate::server::{self, Listener, ServerContext};
 use crate::workers;
 use anyhow::Context;
@@ -30,6 +30,7 @@ pub struct Gateway {
     https: Option<TcpListener>,
     http: Option<TcpListener>,
     admin: tokio::net::TcpListener,
+    fixed: Fixed,
     metrics: Arc<Metrics>,
     current: server::Current,
     reloader: Arc<Reloader>,
@@ -67,18 +68,17 @@ impl Gateway {
             .as_ref()
             .and_then(|l| l.local_addr().ok())
             .map_or(443, |a| a.port());
-        let metrics = Arc::new(Metrics::default());
-        let active = build_active(config.clone(), None, &metrics, https_port).await?;
-        let current: server::Current = Arc::new(arc_swap::ArcSwap::new(active.generation.clone()));
-        let reloader = Arc::new(Reloader::new(
-            path,
-            current.clone(),
-            active,
-            metrics.clone(),
+        let fixed = Fixed {
             https_port,
-        ));
+            workers: config.workers(),
+        };
+        let metrics = Arc::new(Metrics::default());
+        let active = build_active(config.clone(), None, &metrics, fixed).await?;
+        let current: server::Current = Arc::new(arc_swap::ArcSwap::new(active.generation.clone()));
+        let reloader = Arc::new(Reloader::new(path, current.clone(), active, metrics.clone(), fixed));
         Ok(Self {
             config,
+            fixed,
             https,
             http,
             admin,
@@ -113,6 +113,7 @@ impl Gateway {
     pub async fn run_until_stopped(self, stop: CancellationToken) -> anyhow::Result<()> {
         let Self {
             config,
+            fixed,
             https,
             http,
             admin,
@@ -133,11 +134,11 @@ impl Gateway {
         let mut listeners = Vec::new();
         for (listener, kind) in [(https, Listener::Https), (http, Listener::Http)] {
             if let Some(listener) = listener {
-                tracing::info!(addr = %listener.local_addr()?, ?kind, workers = config.workers(), "listening");
+                tracing::info!(addr = %listener.local_addr()?, ?kind, workers = fixed.workers, "listening");
                 listeners.push((listener, kind));
             }
         }
-        let workers = workers::spawn(config.workers(), listeners, &current, &ctx)?;
+        let workers = workers::spawn(fixed.workers, listeners, &current, &ctx)?;
         tokio::spawn(reload::watch(reloader.clone(), WATCH_INTERVAL, background.clone()));
         let admin_state = AdminState {
             metrics: metrics.clone(),

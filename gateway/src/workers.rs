@@ -33,7 +33,9 @@ pub fn current() -> Option<usize> {
     WORKER.with(Cell::get)
 }
 
-fn socket(addr: SocketAddr) -> std::io::Result<TcpListener> {
+/// A listening socket on `addr` that others may share (port 0 picks a free
+/// port; [`spawn`] binds each further worker's socket to the port found).
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
@@ -41,11 +43,6 @@ fn socket(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.bind(&addr.into())?;
     socket.listen(BACKLOG)?;
     Ok(socket.into())
-}
-
-/// The first listening socket on `addr` (port 0 picks a free port).
-pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    socket(addr)
 }
 
 /// Running workers.
@@ -97,7 +94,7 @@ pub fn spawn(
     for (first, kind) in listeners {
         let addr = first.local_addr()?;
         for sockets in per_worker.iter_mut().skip(1) {
-            let sibling = socket(addr).map_err(|e| anyhow::anyhow!("cannot listen on {addr} again: {e}"))?;
+            let sibling = bind(addr).map_err(|e| anyhow::anyhow!("cannot listen on {addr} again: {e}"))?;
             sockets.push((sibling, kind));
         }
         per_worker[0].push((first, kind));
