@@ -8,8 +8,8 @@
 use crate::config::{Balance, UpstreamSettings};
 use arc_swap::ArcSwap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// One replica.
@@ -21,6 +21,11 @@ pub struct Endpoint {
     pub authority: http::uri::Authority,
     in_flight: AtomicUsize,
     healthy: AtomicBool,
+    /// End of a passive ejection (`instant_code`), 0 when not ejected: read
+    /// on every pick, so a plain load rather than a lock.
+    ejected_until: AtomicU64,
+    /// Whether `passive` holds failures (spares successes the lock).
+    failing: AtomicBool,
     passive: Mutex<Passive>,
     active: Mutex<Streak>,
 }
@@ -29,7 +34,15 @@ pub struct Endpoint {
 struct Passive {
     failures: u32,
     window_start: Option<Instant>,
-    ejected_until: Option<Instant>,
+}
+
+/// `t` as a non-zero number of nanoseconds since the first call.
+fn instant_code(t: Instant) -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    u64::try_from(t.saturating_duration_since(epoch).as_nanos())
+        .unwrap_or(u64::MAX)
+        .max(1)
 }
 
 #[derive(Debug, Default)]
@@ -41,6 +54,13 @@ struct Streak {
 /// Holds one unit of an endpoint's in-flight count until dropped.
 #[derive(Debug)]
 pub struct InFlight(Arc<Endpoint>);
+
+impl InFlight {
+    /// The endpoint counted.
+    pub fn endpoint(&self) -> &Arc<Endpoint> {
+        &self.0
+    }
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {
@@ -57,6 +77,8 @@ impl Endpoint {
             authority,
             in_flight: AtomicUsize::new(0),
             healthy: AtomicBool::new(true),
+            ejected_until: AtomicU64::new(0),
+            failing: AtomicBool::new(false),
             passive: Mutex::new(Passive::default()),
             active: Mutex::new(Streak::default()),
         })
@@ -68,9 +90,9 @@ impl Endpoint {
     }
 
     /// Counts a request until the guard drops.
-    pub fn start(self: &Arc<Self>) -> InFlight {
+    pub fn start(self: Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight(self.clone())
+        InFlight(self)
     }
 
     /// Whether active checks pass (always, without active checks).
@@ -80,8 +102,8 @@ impl Endpoint {
 
     /// Whether passive health has it ejected at `now`.
     pub fn is_ejected(&self, now: Instant) -> bool {
-        let p = self.passive.lock().unwrap_or_else(|e| e.into_inner());
-        p.ejected_until.is_some_and(|until| now < until)
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        until != 0 && instant_code(now) < until
     }
 
     /// Whether requests may go here now.
@@ -101,8 +123,10 @@ impl Endpoint {
             p.failures = 0;
         }
         p.failures += 1;
-        if p.failures >= max_fails && p.ejected_until.is_none_or(|until| until <= now) {
-            p.ejected_until = Some(now + fail_timeout);
+        self.failing.store(true, Ordering::Relaxed);
+        if p.failures >= max_fails && !self.is_ejected(now) {
+            self.ejected_until
+                .store(instant_code(now + fail_timeout), Ordering::Relaxed);
             p.failures = 0;
             p.window_start = None;
             return true;
@@ -112,6 +136,10 @@ impl Endpoint {
 
     /// A successful exchange: clears the failure count.
     pub fn record_success(&self) {
+        if !self.failing.load(Ordering::Relaxed) {
+            return;
+        }
+        self.failing.store(false, Ordering::Relaxed);
         let mut p = self.passive.lock().unwrap_or_else(|e| e.into_inner());
         if p.failures != 0 {
             p.failures = 0;
@@ -141,6 +169,8 @@ impl Endpoint {
                 // Back from the dead: forget passive ejection too.
                 let mut p = self.passive.lock().unwrap_or_else(|e| e.into_inner());
                 *p = Passive::default();
+                self.failing.store(false, Ordering::Relaxed);
+                self.ejected_until.store(0, Ordering::Relaxed);
             }
             Some(now)
         } else {
@@ -262,7 +292,7 @@ mod tests {
     fn least_requests_prefers_the_idle_replica() {
         let u = upstream(Balance::LeastRequests, 2);
         let busy = u.endpoints()[0].clone();
-        let _guards: Vec<InFlight> = (0..5).map(|_| busy.start()).collect();
+        let _guards: Vec<InFlight> = (0..5).map(|_| busy.clone().start()).collect();
         for _ in 0..20 {
             assert_eq!(u.pick(&[]).expect("some").addr.port(), 10_001);
         }
@@ -310,7 +340,7 @@ mod tests {
     fn a_new_endpoint_set_keeps_the_state_of_survivors() {
         let u = upstream(Balance::RoundRobin, 2);
         let survivor = u.endpoints()[1].clone();
-        let _g = survivor.start();
+        let _g = survivor.clone().start();
         assert!(u.set_endpoints(&[survivor.addr, SocketAddr::from(([127, 0, 0, 1], 9))]));
         let kept = u
             .endpoints()

@@ -78,22 +78,22 @@ pub async fn check(client: Arc<UpstreamClient>, metrics: Arc<Metrics>, stop: Can
 }
 
 async fn probe(client: &UpstreamClient, addr: SocketAddr, path: &str, timeout: Duration) -> bool {
-    let Ok(uri) = Uri::builder()
-        .scheme("http")
-        .authority(addr.to_string())
-        .path_and_query(path)
-        .build()
-    else {
+    let (Ok(uri), Ok(host)) = (path.parse::<Uri>(), http::HeaderValue::from_str(&addr.to_string())) else {
         return false;
     };
     let mut req = Request::new(Body::empty());
     *req.uri_mut() = uri;
+    req.headers_mut().insert(http::header::HOST, host);
     req.headers_mut().insert(
         http::header::USER_AGENT,
         http::HeaderValue::from_static("gateway-health-check"),
     );
-    matches!(
-        tokio::time::timeout(timeout, client.send(req)).await,
-        Ok(Ok(response)) if response.status().is_success()
-    )
+    // Read the (small) body too, so the connection goes back to the pool.
+    let exchange = async {
+        let response = client.send(addr, req).await.ok()?;
+        let ok = response.status().is_success();
+        http_body_util::BodyExt::collect(response.into_body()).await.ok()?;
+        Some(ok)
+    };
+    matches!(tokio::time::timeout(timeout, exchange).await, Ok(Some(true)))
 }

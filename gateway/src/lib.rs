@@ -26,4 +26,5 @@ pub mod server;
 pub mod stack;
 pub mod startup;
 pub mod tls;
+pub mod upstream_client;
 pub mod workers;

@@ -7,6 +7,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use std::sync::Arc;
 
 /// Route and status class of a request.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -180,21 +181,38 @@ impl Default for Metrics {
 }
 
 /// One route's request series, resolved once so counting a request is a
-/// few atomic operations (no label hashing or allocation per request).
+/// few atomic operations (no label hashing or allocation per request);
+/// cloning it is one reference count.
 #[derive(Debug, Clone)]
-pub struct RouteMetrics {
+pub struct RouteMetrics(Arc<RouteSeries>);
+
+#[derive(Debug)]
+struct RouteSeries {
+    route: Arc<str>,
     classes: [Counter; 5],
     latency: Histogram,
+    in_flight: Gauge,
 }
 
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 impl RouteMetrics {
-    /// Counts a finished request.
-    pub fn observe(&self, status: u16, seconds: f64) {
+    /// The route's label (its prefix, or `none`).
+    pub fn route(&self) -> &str {
+        &self.0.route
+    }
+
+    /// Counts a request as in flight until [`Self::finish`].
+    pub fn start(&self) {
+        self.0.in_flight.inc();
+    }
+
+    /// Counts a finished request (and ends its in-flight count).
+    pub fn finish(&self, status: u16, seconds: f64) {
         let class = usize::from((status / 100).clamp(1, 5)) - 1;
-        self.classes[class].inc();
-        self.latency.observe(seconds);
+        self.0.classes[class].inc();
+        self.0.latency.observe(seconds);
+        self.0.in_flight.dec();
     }
 }
 
@@ -214,7 +232,12 @@ impl Metrics {
                 route: route.to_string(),
             })
             .clone();
-        RouteMetrics { classes, latency }
+        RouteMetrics(Arc::new(RouteSeries {
+            route: Arc::from(route),
+            classes,
+            latency,
+            in_flight: self.in_flight.clone(),
+        }))
     }
 
     /// Counts a retry.

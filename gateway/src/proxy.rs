@@ -9,19 +9,19 @@
 //! bounded by `max_tries`, and nothing is retried once the response head has
 //! been handed on, so no client ever sees bytes from two attempts.
 
-use crate::balancer::{Endpoint, InFlight, Upstream};
+use crate::balancer::{Endpoint, InFlight};
 use crate::errors::GatewayError;
 use crate::metrics::Metrics;
 use crate::server::ClientInfo;
 use crate::stack::UpstreamAddr;
+pub use crate::upstream_client::UpstreamClient;
+use crate::upstream_client::{SendError, UpstreamBody};
 use axum::body::Body;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,49 +37,6 @@ pub struct Route {
     pub upstream: Arc<UpstreamClient>,
     /// Its request metrics.
     pub metrics: crate::metrics::RouteMetrics,
-}
-
-/// An upstream and the pooled clients that reach its replicas: one per
-/// worker, so a worker's requests travel on connections its own event
-/// loop drives (as each nginx worker keeps its own `keepalive` pool), and
-/// one for everything else (health checks).
-#[derive(Debug)]
-pub struct UpstreamClient {
-    /// Replicas and balancing.
-    pub upstream: Arc<Upstream>,
-    clients: Box<[Client<HttpConnector, Body>]>,
-}
-
-impl UpstreamClient {
-    /// Clients with the upstream's connect timeout and keep-alive pool for
-    /// `workers` workers and the control runtime.
-    pub fn new(upstream: Arc<Upstream>, workers: usize) -> Self {
-        let s = &upstream.settings;
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(s.connect_timeout));
-        connector.set_nodelay(true);
-        let clients = (0..=workers)
-            .map(|_| {
-                Client::builder(TokioExecutor::new())
-                    .pool_timer(TokioTimer::new())
-                    .pool_idle_timeout(s.keepalive_timeout)
-                    .pool_max_idle_per_host(s.keepalive_max_idle)
-                    .build(connector.clone())
-            })
-            .collect();
-        Self { upstream, clients }
-    }
-
-    /// Sends a prepared request to one replica (used by health checks too),
-    /// on the calling worker's own pool.
-    pub async fn send(
-        &self,
-        req: Request<Body>,
-    ) -> Result<Response<hyper::body::Incoming>, hyper_util::client::legacy::Error> {
-        let control = self.clients.len() - 1;
-        let index = crate::workers::current().map_or(control, |w| w.min(control));
-        self.clients[index].request(req).await
-    }
 }
 
 /// The routing table, longest prefix first.
@@ -122,8 +79,28 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::UPGRADE,
 ];
 
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "proxy-connection"
+    )
+}
+
 /// Removes hop-by-hop headers, including those `Connection` names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages have none: one pass over the names instead of a
+    // lookup per hop-by-hop name.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -141,7 +118,12 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// anything the client sent (a client cannot choose its own address).
 pub fn set_forwarded(headers: &mut HeaderMap, client: &ClientInfo, host: Option<HeaderValue>) {
     headers.remove(header::FORWARDED);
-    let ip = HeaderValue::from_str(&client.ip.to_string()).expect("an IP address is a valid header value");
+    // Formatted on the stack: the longest IPv6 text is 45 bytes.
+    let mut text = [0u8; 64];
+    let mut rest = &mut text[..];
+    let _ = write!(rest, "{}", client.ip);
+    let len = 64 - rest.len();
+    let ip = HeaderValue::from_bytes(&text[..len]).expect("an IP address is a valid header value");
     headers.insert(HeaderName::from_static("x-forwarded-for"), ip.clone());
     headers.insert(HeaderName::from_static("x-real-ip"), ip);
     let proto = if client.tls { "https" } else { "http" };
@@ -232,7 +214,7 @@ impl Replay {
 /// The response body from a replica, holding the replica's in-flight count
 /// until the client has it all (least-requests sees streaming responses).
 struct Guarded {
-    inner: hyper::body::Incoming,
+    inner: UpstreamBody,
     _in_flight: InFlight,
 }
 
@@ -268,7 +250,7 @@ enum Failure {
 impl Proxy {
     /// Forwards `req` to its route's upstream.
     pub async fn forward(&self, req: Request<Body>) -> Result<Response<Body>, GatewayError> {
-        let route = self.routes.find(req.uri().path()).ok_or(GatewayError::NoRoute)?.clone();
+        let route = self.routes.find(req.uri().path()).ok_or(GatewayError::NoRoute)?;
         let upstream = &route.upstream.upstream;
         let settings = &upstream.settings;
         let client = req
@@ -288,6 +270,7 @@ impl Proxy {
         if let Some(h) = &host {
             parts.headers.insert(header::HOST, h.clone());
         }
+        let has_host = host.is_some();
         // A cheap clone (shared bytes), reused by every try without re-parsing.
         let path_and_query = parts
             .uri
@@ -302,16 +285,12 @@ impl Proxy {
         for attempt in 0..settings.max_tries {
             let Some(endpoint) = upstream.pick(&tried) else { break };
             let Some(body) = replay.body() else { break };
-            tried.push(endpoint.addr);
-            let uri = Uri::builder()
-                .scheme("http")
-                .authority(endpoint.authority.clone())
-                .path_and_query(path_and_query.clone())
-                .build()
-                .map_err(|e| GatewayError::BadRequest(e.to_string()))?;
+            let addr = endpoint.addr;
+            tried.push(addr);
             let mut attempt_req = Request::new(body);
             *attempt_req.method_mut() = parts.method.clone();
-            *attempt_req.uri_mut() = uri;
+            // Origin form: the connection already names the replica.
+            *attempt_req.uri_mut() = Uri::from(path_and_query.clone());
             *attempt_req.version_mut() = Version::HTTP_11;
             // The last possible try takes the headers; earlier ones copy them.
             *attempt_req.headers_mut() = if attempt + 1 == settings.max_tries {
@@ -319,8 +298,14 @@ impl Proxy {
             } else {
                 parts.headers.clone()
             };
+            if !has_host {
+                // HTTP/1.0 without Host: name the replica, as nginx does.
+                if let Ok(h) = HeaderValue::from_str(endpoint.authority.as_str()) {
+                    attempt_req.headers_mut().insert(header::HOST, h);
+                }
+            }
 
-            let failure = match self.try_once(&route, &endpoint, attempt_req).await {
+            let failure = match self.try_once(route, endpoint, attempt_req).await {
                 Ok(response) => return Ok(response),
                 Err(failure) => failure,
             };
@@ -337,7 +322,7 @@ impl Proxy {
             };
             if attempt + 1 < settings.max_tries {
                 self.metrics.retry(&upstream.name, reason);
-                tracing::warn!(upstream = %upstream.name, endpoint = %endpoint.addr, reason, "retrying on another replica");
+                tracing::warn!(upstream = %upstream.name, endpoint = %addr, reason, "retrying on another replica");
             }
             last = Some(failure);
         }
@@ -384,44 +369,60 @@ impl Proxy {
     async fn try_once(
         &self,
         route: &Route,
-        endpoint: &Arc<Endpoint>,
+        endpoint: Arc<Endpoint>,
         req: Request<Body>,
     ) -> Result<Response<Body>, Failure> {
         let settings = &route.upstream.upstream.settings;
+        let addr = endpoint.addr;
         let in_flight = endpoint.start();
-        let sent = tokio::time::timeout(settings.response_timeout, route.upstream.send(req)).await;
-        let fail = |why| {
-            if endpoint.record_failure(settings.max_fails, settings.fail_timeout) {
-                tracing::warn!(upstream = %route.upstream.upstream.name, endpoint = %endpoint.addr, "replica ejected after repeated failures");
+        let count_failure = || {
+            if in_flight
+                .endpoint()
+                .record_failure(settings.max_fails, settings.fail_timeout)
+            {
+                tracing::warn!(upstream = %route.upstream.upstream.name, endpoint = %addr, "replica ejected after repeated failures");
             }
-            why
         };
-        match sent {
-            Err(_) => Err(fail(Failure::Timeout)),
-            Ok(Err(e)) if is_body_too_large(&e) => Err(Failure::BodyTooLarge),
-            Ok(Err(e)) if e.is_connect() => Err(fail(Failure::Connect(error_chain(&e)))),
-            Ok(Err(e)) => Err(fail(Failure::Reset(error_chain(&e)))),
-            Ok(Ok(response)) => {
-                let (mut parts, body) = response.into_parts();
-                strip_hop_by_hop(&mut parts.headers);
-                parts.extensions.insert(UpstreamAddr(endpoint.addr));
-                let response = Response::from_parts(
-                    parts,
-                    Body::new(Guarded {
-                        inner: body,
-                        _in_flight: in_flight,
-                    }),
-                );
-                if matches!(
-                    response.status(),
-                    StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE
-                ) {
-                    Err(fail(Failure::Status(response)))
-                } else {
-                    endpoint.record_success();
-                    Ok(response)
-                }
+        let sent = tokio::time::timeout(settings.response_timeout, route.upstream.send(addr, req)).await;
+        let response = match sent {
+            Ok(Ok(response)) => response,
+            Ok(Err(SendError::Http(e))) if is_body_too_large(&e) => return Err(Failure::BodyTooLarge),
+            Ok(Err(SendError::Connect(why))) => {
+                count_failure();
+                return Err(Failure::Connect(why));
             }
+            Ok(Err(SendError::Http(e))) => {
+                count_failure();
+                return Err(Failure::Reset(error_chain(&e)));
+            }
+            Err(_) => {
+                count_failure();
+                return Err(Failure::Timeout);
+            }
+        };
+        let failed = matches!(
+            response.status(),
+            StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE
+        );
+        if failed {
+            count_failure();
+        } else {
+            in_flight.endpoint().record_success();
+        }
+        let (mut parts, body) = response.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        parts.extensions.insert(UpstreamAddr(addr));
+        let response = Response::from_parts(
+            parts,
+            Body::new(Guarded {
+                inner: body,
+                _in_flight: in_flight,
+            }),
+        );
+        if failed {
+            Err(Failure::Status(response))
+        } else {
+            Ok(response)
         }
     }
 }

@@ -24,8 +24,6 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
-use tower::ServiceExt;
-use tower::util::BoxCloneSyncService;
 
 /// What the gateway observed about the client of a request; in every
 /// request's extensions.
@@ -40,8 +38,32 @@ pub struct ClientInfo {
     pub tls: bool,
 }
 
-/// The service every connection of a listener runs.
-pub type HttpService = BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>;
+/// The future of one request's response.
+pub type ResponseFuture = std::pin::Pin<Box<dyn Future<Output = Response<Body>> + Send>>;
+
+/// The service every connection of a listener runs: a request in, its
+/// response out (errors already turned into responses). Called by
+/// reference, so a request costs no service clone.
+#[derive(Clone)]
+pub struct HttpService(Arc<dyn Fn(Request<Body>) -> ResponseFuture + Send + Sync>);
+
+impl HttpService {
+    /// A service from its request handler.
+    pub fn new(handler: impl Fn(Request<Body>) -> ResponseFuture + Send + Sync + 'static) -> Self {
+        Self(Arc::new(handler))
+    }
+
+    /// Starts answering `req`.
+    pub fn call(&self, req: Request<Body>) -> ResponseFuture {
+        (self.0)(req)
+    }
+}
+
+impl std::fmt::Debug for HttpService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HttpService")
+    }
+}
 
 /// Open-connection accounting: a global cap and a per-IP cap.
 #[derive(Debug)]
@@ -344,18 +366,17 @@ async fn serve<I>(
         let now = current.load();
         let ip = now.trusted.resolve(info.ip, req.headers());
         req.extensions_mut().insert(ClientInfo { ip, ..info });
-        let service = match kind {
-            Listener::Https => now.proxying.clone(),
-            Listener::Http => now.plain.clone(),
+        let call = match kind {
+            Listener::Https => now.proxying.call(req),
+            Listener::Http => now.plain.call(req),
         };
         let activity = tracked.clone();
         activity.active.fetch_add(1, Ordering::Relaxed);
-        let call = service.oneshot(req);
         async move {
             let response = call.await;
             activity.active.fetch_sub(1, Ordering::Relaxed);
             activity.touch();
-            response
+            Ok::<_, Infallible>(response)
         }
     });
     let conn = generation.builder.serve_connection(TokioIo::new(io), hyper_service);
