@@ -259,18 +259,24 @@ impl Proxy {
             .copied()
             .ok_or_else(|| GatewayError::BadRequest("no client address".into()))?;
         let (mut parts, body) = req.into_parts();
-        let host = parts.headers.get(header::HOST).cloned().or_else(|| {
-            parts
-                .uri
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        });
-        strip_hop_by_hop(&mut parts.headers);
-        set_forwarded(&mut parts.headers, &client, host.clone());
-        if let Some(h) = &host {
-            parts.headers.insert(header::HOST, h.clone());
-        }
+        let sent_host = parts.headers.get(header::HOST).cloned();
+        // HTTP/2 names the host in `:authority` instead: make it a Host header.
+        let authority_host = sent_host
+            .is_none()
+            .then(|| {
+                parts
+                    .uri
+                    .authority()
+                    .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            })
+            .flatten();
+        let host = sent_host.or(authority_host.clone());
         let has_host = host.is_some();
+        strip_hop_by_hop(&mut parts.headers);
+        set_forwarded(&mut parts.headers, &client, host);
+        if let Some(h) = authority_host {
+            parts.headers.insert(header::HOST, h);
+        }
         // A cheap clone (shared bytes), reused by every try without re-parsing.
         let path_and_query = parts
             .uri
@@ -280,13 +286,13 @@ impl Proxy {
         let replay = self.prepare_body(&parts, body, settings.retry_buffer.as_u64()).await?;
 
         let idempotent = is_idempotent(&parts.method);
+        // Replicas that failed this request (filled only when retrying).
         let mut tried: Vec<SocketAddr> = Vec::new();
         let mut last: Option<Failure> = None;
         for attempt in 0..settings.max_tries {
             let Some(endpoint) = upstream.pick(&tried) else { break };
             let Some(body) = replay.body() else { break };
             let addr = endpoint.addr;
-            tried.push(addr);
             let mut attempt_req = Request::new(body);
             *attempt_req.method_mut() = parts.method.clone();
             // Origin form: the connection already names the replica.
@@ -305,7 +311,8 @@ impl Proxy {
                 }
             }
 
-            let failure = match self.try_once(route, endpoint, attempt_req).await {
+            // Boxed for the same reason as `forward` itself (see `stack`).
+            let failure = match Box::pin(self.try_once(route, endpoint, attempt_req)).await {
                 Ok(response) => return Ok(response),
                 Err(failure) => failure,
             };
@@ -320,6 +327,7 @@ impl Proxy {
                 last = Some(failure);
                 break;
             };
+            tried.push(addr);
             if attempt + 1 < settings.max_tries {
                 self.metrics.retry(&upstream.name, reason);
                 tracing::warn!(upstream = %upstream.name, endpoint = %addr, reason, "retrying on another replica");

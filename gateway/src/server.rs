@@ -219,9 +219,13 @@ pub async fn accept_loop(listener: TcpListener, kind: Listener, current: Current
     // This loop's worker never changes: find its counter once.
     let worker = crate::workers::current().map_or_else(|| "none".to_string(), |w| w.to_string());
     let accepted_here = ctx.metrics.accepted.get_or_create(&WorkerLabels { worker }).clone();
+    // Connections watch this loop's own child of the stop token: each poll
+    // of a connection checks it, and a token shared by every worker would
+    // make that a lock contended across threads.
+    let stop = ctx.stop.child_token();
     loop {
         let accepted = tokio::select! {
-            () = ctx.stop.cancelled() => break,
+            () = stop.cancelled() => break,
             accepted = listener.accept() => accepted,
         };
         let (stream, peer) = match accepted {
@@ -243,10 +247,10 @@ pub async fn accept_loop(listener: TcpListener, kind: Listener, current: Current
         };
         let _ = stream.set_nodelay(true);
         accepted_here.inc();
-        let (ctx2, current) = (ctx.clone(), current.clone());
+        let (ctx2, current, stop) = (ctx.clone(), current.clone(), stop.clone());
         ctx.tracker.spawn(async move {
             ctx2.metrics.connections.inc();
-            handle(stream, peer, kind, current, &ctx2).await;
+            handle(stream, peer, kind, current, &ctx2, &stop).await;
             ctx2.metrics.connections.dec();
             drop(slot);
         });
@@ -290,7 +294,14 @@ async fn connection_source(
     }
 }
 
-async fn handle(mut stream: TcpStream, peer: SocketAddr, kind: Listener, current: Current, ctx: &ServerContext) {
+async fn handle(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    kind: Listener,
+    current: Current,
+    ctx: &ServerContext,
+    stop: &CancellationToken,
+) {
     let generation = current.load_full();
     let Some(source) = connection_source(&mut stream, peer, &generation, ctx).await else {
         return;
@@ -301,11 +312,11 @@ async fn handle(mut stream: TcpStream, peer: SocketAddr, kind: Listener, current
         tls: kind == Listener::Https,
     };
     match (kind, &generation.tls) {
-        (Listener::Http, _) => serve(stream, info, kind, current, &generation, ctx).await,
+        (Listener::Http, _) => serve(stream, info, kind, current, &generation, stop).await,
         (Listener::Https, None) => tracing::error!("HTTPS connection without a TLS configuration; closing"),
         (Listener::Https, Some(acceptor)) => {
             match tokio::time::timeout(generation.limits.tls_handshake_timeout, acceptor.accept(stream)).await {
-                Ok(Ok(tls_stream)) => serve(tls_stream, info, kind, current, &generation, ctx).await,
+                Ok(Ok(tls_stream)) => serve(tls_stream, info, kind, current, &generation, stop).await,
                 Ok(Err(error)) => {
                     ctx.metrics.refuse("tls_handshake");
                     tracing::debug!(%peer, %error, "TLS handshake failed");
@@ -350,7 +361,7 @@ async fn serve<I>(
     kind: Listener,
     current: Current,
     generation: &Generation,
-    ctx: &ServerContext,
+    stop: &CancellationToken,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -385,13 +396,15 @@ async fn serve<I>(
     let mut closing = false;
     loop {
         tokio::select! {
+            // The connection first: it is what nearly every wake-up is for.
+            biased;
             result = conn.as_mut() => {
                 if let Err(error) = result {
                     tracing::debug!(peer = %info.peer, %error, "connection ended with an error");
                 }
                 break;
             }
-            () = ctx.stop.cancelled(), if !closing => {
+            () = stop.cancelled(), if !closing => {
                 conn.as_mut().graceful_shutdown();
                 closing = true;
             }

@@ -18,10 +18,6 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 use tokio::sync::Semaphore;
 
-/// The request id of a request, in its extensions.
-#[derive(Debug, Clone)]
-pub struct RequestId(pub Arc<str>);
-
 /// The replica that answered, in the response's extensions (for the access log).
 #[derive(Debug, Clone, Copy)]
 pub struct UpstreamAddr(pub std::net::SocketAddr);
@@ -75,12 +71,12 @@ async fn proxy_layers(state: &StackState, observe_state: &ObserveState, req: Req
     // Access log and metrics see the final status, errors included, and the
     // whole response body (bytes, time to last byte).
     let log = observe_request(observe_state, &req, &id);
-    let response = guarded_forward(state, req, &id.text).await;
+    let response = guarded_forward(state, req, id.text()).await;
     id.stamp(observe_response(log, response))
 }
 
 /// The layers between observing and the proxy.
-async fn guarded_forward(state: &StackState, req: Request, id: &Arc<str>) -> Response<Body> {
+async fn guarded_forward(state: &StackState, req: Request, id: &str) -> Response<Body> {
     // Shed load before doing any work for the request.
     let Ok(_permit) = state.in_flight.try_acquire() else {
         return GatewayError::Overloaded.into_response_with(id);
@@ -98,9 +94,9 @@ async fn guarded_forward(state: &StackState, req: Request, id: &Arc<str>) -> Res
     };
     // Refuse oversized bodies before the proxy streams them anywhere.
     let mut response = match limit_body(state, req) {
-        Ok(req) => state
-            .proxy
-            .forward(req)
+        // Boxed: the proxy's future is most of a request's state, and every
+        // enclosing future would otherwise carry (and copy) its full size.
+        Ok(req) => Box::pin(state.proxy.forward(req))
             .await
             .unwrap_or_else(|e| e.into_response_with(id)),
         Err(e) => e.into_response_with(id),
@@ -121,7 +117,7 @@ pub fn redirect_stack(metrics: Arc<Metrics>, https_port: u16) -> HttpService {
     HttpService::new(move |req: Request| {
         let (req, id) = assign_request_id(req);
         let log = observe_request(&observe_state, &req, &id);
-        let response = redirect(&req, https_port).unwrap_or_else(|e| e.into_response_with(&id.text));
+        let response = redirect(&req, https_port).unwrap_or_else(|e| e.into_response_with(id.text()));
         Box::pin(std::future::ready(id.stamp(observe_response(log, response))))
     })
 }
@@ -153,13 +149,17 @@ fn redirect(req: &Request, https_port: u16) -> Result<Response<Body>, GatewayErr
     Ok(response)
 }
 
-/// A request's id, as log text and as the header value echoed back.
+/// A request's id: the header value sent upstream and echoed back (its
+/// clones share one buffer).
 struct AssignedId {
-    text: Arc<str>,
     value: HeaderValue,
 }
 
 impl AssignedId {
+    fn text(&self) -> &str {
+        shared::request_id::text(&self.value)
+    }
+
     /// The response, carrying the id back to the client.
     fn stamp(self, mut response: Response<Body>) -> Response<Body> {
         response
@@ -170,14 +170,12 @@ impl AssignedId {
 }
 
 /// Keeps a safe client-sent id or makes one, and puts it in the request's
-/// headers (for the upstream) and extensions (for later layers).
+/// headers (for the upstream); later layers get it as an argument.
 fn assign_request_id(mut req: Request) -> (Request, AssignedId) {
     let header = &shared::request_id::HEADER;
-    let (id, value) = shared::request_id::accept_or_generate(req.headers().get(header));
-    let text: Arc<str> = Arc::from(id);
+    let value = shared::request_id::accept_or_generate(req.headers().get(header));
     req.headers_mut().insert(header.clone(), value.clone());
-    req.extensions_mut().insert(RequestId(text.clone()));
-    (req, AssignedId { text, value })
+    (req, AssignedId { value })
 }
 
 /// What the rate limiter made of a request.
@@ -241,6 +239,9 @@ fn limit_body(state: &StackState, req: Request) -> Result<Request, GatewayError>
     if declared.is_some_and(|n| n > state.max_body) {
         return Err(GatewayError::PayloadTooLarge(state.max_body));
     }
+    if http_body::Body::is_end_stream(req.body()) {
+        return Ok(req); // nothing to cap (most GETs)
+    }
     let max = usize::try_from(state.max_body).unwrap_or(usize::MAX);
     Ok(req.map(|body| Body::new(Limited::new(body, max))))
 }
@@ -253,7 +254,7 @@ struct AccessLog {
     client: Option<ClientInfo>,
     method: http::Method,
     path: String,
-    request_id: Arc<str>,
+    request_id: HeaderValue,
     status: u16,
     upstream: Option<std::net::SocketAddr>,
     rate_limit: Option<RateLimitNote>,
@@ -274,7 +275,7 @@ impl Drop for AccessLog {
             latency_ms: seconds * 1000.0,
             bytes: self.bytes,
             rate_limit: self.rate_limit.as_ref().map(|n| (&*n.policy, n.outcome)),
-            request_id: &self.request_id,
+            request_id: shared::request_id::text(&self.request_id),
         });
     }
 }
@@ -331,7 +332,7 @@ fn observe_request(state: &ObserveState, req: &Request, id: &AssignedId) -> Acce
         client: req.extensions().get::<ClientInfo>().copied(),
         method: req.method().clone(),
         path: req.uri().path().to_string(),
-        request_id: id.text.clone(),
+        request_id: id.value.clone(),
         status: 0,
         upstream: None,
         rate_limit: None,

@@ -307,6 +307,41 @@ async fn every_replica_refusing_is_a_502_problem() {
 }
 
 #[tokio::test]
+async fn large_bodies_stream_both_ways_intact_request_after_request() {
+    let rs = replicas(1).await;
+    let gw = gateway_for(&addrs(&rs), "", "[limits]\nmax_body = \"8MiB\"").await;
+    let h1 = gw.client_builder().http1_only().build().expect("client");
+    for client in [gw.client(), h1] {
+        for _ in 0..3 {
+            let n = 3 * 1024 * 1024 + 7;
+            let body = client
+                .get(gw.url(&format!("/bytes?n={n}")))
+                .send()
+                .await
+                .expect("sent")
+                .bytes()
+                .await
+                .expect("body");
+            assert_eq!(body.len(), n);
+            assert!(
+                body.iter().enumerate().all(|(i, b)| *b == b'0' + (i % 10) as u8),
+                "corrupted"
+            );
+            let echoed: Value = client
+                .post(gw.url("/echo"))
+                .body(vec![b'x'; 1_900_000]) // under axum's 2 MB default in the replica
+                .send()
+                .await
+                .expect("sent")
+                .json()
+                .await
+                .expect("json");
+            assert_eq!(echoed["body_len"], 1_900_000);
+        }
+    }
+}
+
+#[tokio::test]
 async fn an_oversized_body_is_a_413_and_never_reaches_the_replica() {
     let rs = replicas(1).await;
     let gw = gateway_for(&addrs(&rs), "", "[limits]\nmax_body = \"1KiB\"").await;

@@ -2,6 +2,7 @@
 //! up otherwise. Every binary uses the same rule so an id survives the hop
 //! from gateway to app.
 
+use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 
 /// The header that carries the id, both ways.
@@ -11,18 +12,23 @@ pub static HEADER: HeaderName = HeaderName::from_static("x-request-id");
 pub const MAX_LEN: usize = 128;
 
 /// The client's id when it is 1 to [`MAX_LEN`] visible ASCII characters
-/// (it ends up in logs and headers), otherwise a new UUID v4.
-pub fn accept_or_generate(sent: Option<&HeaderValue>) -> (String, HeaderValue) {
+/// (it ends up in logs and headers), otherwise a new UUID v4. Either way a
+/// value whose clones share one buffer; [`text`] reads it.
+pub fn accept_or_generate(sent: Option<&HeaderValue>) -> HeaderValue {
     if let Some(value) = sent {
         let bytes = value.as_bytes();
         if !bytes.is_empty() && bytes.len() <= MAX_LEN && bytes.iter().all(u8::is_ascii_graphic) {
-            let text = String::from_utf8_lossy(bytes).into_owned();
-            return (text, value.clone());
+            return value.clone();
         }
     }
-    let id = uuid::Uuid::new_v4().to_string();
-    let value = HeaderValue::from_str(&id).expect("a UUID is a valid header value");
-    (id, value)
+    let mut id = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    uuid::Uuid::new_v4().hyphenated().encode_lower(&mut id);
+    HeaderValue::from_maybe_shared(Bytes::from_owner(id)).expect("a UUID is a valid header value")
+}
+
+/// The text of an id from [`accept_or_generate`] (visible ASCII by construction).
+pub fn text(id: &HeaderValue) -> &str {
+    id.to_str().unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -32,13 +38,15 @@ mod tests {
     #[test]
     fn safe_ids_are_kept_and_others_replaced() {
         assert_eq!(
-            accept_or_generate(Some(&HeaderValue::from_static("abc-123"))).0,
+            text(&accept_or_generate(Some(&HeaderValue::from_static("abc-123")))),
             "abc-123"
         );
         for bad in ["", "has space", &"x".repeat(MAX_LEN + 1)] {
-            let (id, _) = accept_or_generate(Some(&HeaderValue::from_str(bad).expect("header")));
-            assert_eq!(id.len(), 36, "{bad:?} kept");
+            let id = accept_or_generate(Some(&HeaderValue::from_str(bad).expect("header")));
+            assert_eq!(text(&id).len(), 36, "{bad:?} kept");
         }
-        assert_eq!(accept_or_generate(None).0.len(), 36);
+        let made = accept_or_generate(None);
+        assert!(uuid::Uuid::parse_str(text(&made)).is_ok(), "{made:?}");
+        assert_ne!(made, accept_or_generate(None), "ids repeat");
     }
 }

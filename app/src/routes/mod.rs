@@ -89,7 +89,8 @@ async fn method_not_allowed() -> ApiError {
 /// else makes one; sets it on the request and the response and scopes it
 /// for problem bodies.
 async fn request_id(mut req: Request, next: Next) -> Response {
-    let (id, value) = shared::request_id::accept_or_generate(req.headers().get(&X_REQUEST_ID));
+    let value = shared::request_id::accept_or_generate(req.headers().get(&X_REQUEST_ID));
+    let id = shared::request_id::text(&value).to_string();
     req.headers_mut().insert(X_REQUEST_ID.clone(), value.clone());
     let mut response = REQUEST_ID.scope(id, next.run(req)).await;
     response.headers_mut().insert(X_REQUEST_ID.clone(), value);

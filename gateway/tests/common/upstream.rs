@@ -64,6 +64,18 @@ async fn status(State(s): State<Arc<Shared>>, Query(q): Query<HashMap<String, u1
     (code, s.name.clone())
 }
 
+/// `n` bytes (`0123456789` repeated), streamed in 64 KiB chunks without a
+/// Content-Length.
+async fn bytes(Query(q): Query<HashMap<String, usize>>) -> axum::body::Body {
+    let n = q.get("n").copied().unwrap_or(0);
+    let pattern: Vec<u8> = (0..n).map(|i| b'0' + u8::try_from(i % 10).expect("digit")).collect();
+    let chunks: Vec<Result<Bytes, std::io::Error>> = pattern
+        .chunks(64 * 1024)
+        .map(|c| Ok(Bytes::copy_from_slice(c)))
+        .collect();
+    axum::body::Body::from_stream(futures::stream::iter(chunks))
+}
+
 async fn healthz(State(s): State<Arc<Shared>>) -> StatusCode {
     if s.healthy.load(Ordering::Relaxed) {
         StatusCode::OK
@@ -97,6 +109,7 @@ impl Replica {
             .route("/slow", get(slow))
             .route("/status", any(status))
             .route("/healthz", get(healthz))
+            .route("/bytes", get(bytes))
             .fallback(any(echo))
             .with_state(self.shared.clone());
         let token = CancellationToken::new();
