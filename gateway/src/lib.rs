@@ -23,6 +23,7 @@ pub mod rate_limit;
 pub mod reload;
 pub mod replay;
 pub mod server;
+pub mod sharded;
 pub mod stack;
 pub mod startup;
 pub mod tls;

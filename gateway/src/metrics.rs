@@ -1,11 +1,12 @@
 //! Gateway metrics (Prometheus text on the admin listener). The registry
 //! is an object, so each gateway instance and test counts on its own.
 
+use crate::sharded::{ShardedCounter, ShardedGauge, ShardedHistogram};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::histogram::exponential_buckets;
 use prometheus_client::registry::Registry;
 use std::sync::Arc;
 
@@ -80,18 +81,18 @@ pub struct PolicyLabels {
     pub policy: String,
 }
 
-type HistogramFamily = Family<RouteLabels, Histogram, fn() -> Histogram>;
+type HistogramFamily = Family<RouteLabels, ShardedHistogram, fn() -> ShardedHistogram>;
 
 /// Every gateway metric.
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
     /// Requests by route and status class.
-    pub requests: Family<RequestLabels, Counter>,
+    pub requests: Family<RequestLabels, ShardedCounter>,
     /// Latency to the end of the response, by route.
     pub latency: HistogramFamily,
     /// Requests being served now.
-    pub in_flight: Gauge,
+    pub in_flight: ShardedGauge,
     /// Open client connections.
     pub connections: Gauge,
     /// Connections closed at once, by reason.
@@ -110,16 +111,16 @@ pub struct Metrics {
     pub reloads: Family<ReloadLabels, Counter>,
 }
 
-fn latency_histogram() -> Histogram {
-    Histogram::new(exponential_buckets(0.000_25, 2.0, 16))
+fn latency_histogram() -> ShardedHistogram {
+    ShardedHistogram::new(exponential_buckets(0.000_25, 2.0, 16))
 }
 
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("gateway");
-        let requests = Family::<RequestLabels, Counter>::default();
+        let requests = Family::<RequestLabels, ShardedCounter>::default();
         let latency: HistogramFamily = Family::new_with_constructor(latency_histogram);
-        let in_flight = Gauge::default();
+        let in_flight = ShardedGauge::default();
         let connections = Gauge::default();
         let refused = Family::<RefusedLabels, Counter>::default();
         let accepted = Family::<WorkerLabels, Counter>::default();
@@ -189,9 +190,9 @@ pub struct RouteMetrics(Arc<RouteSeries>);
 #[derive(Debug)]
 struct RouteSeries {
     route: Arc<str>,
-    classes: [Counter; 5],
-    latency: Histogram,
-    in_flight: Gauge,
+    classes: [ShardedCounter; 5],
+    latency: ShardedHistogram,
+    in_flight: ShardedGauge,
 }
 
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];

@@ -33,6 +33,12 @@ pub fn current() -> Option<usize> {
     WORKER.with(Cell::get)
 }
 
+/// Makes this thread count as worker `index` (unit tests of per-worker state).
+#[cfg(test)]
+pub fn set_current_for_tests(index: Option<usize>) {
+    WORKER.with(|w| w.set(index));
+}
+
 /// A listening socket on `addr` that others may share (port 0 picks a free
 /// port; [`spawn`] binds each further worker's socket to the port found).
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
