@@ -50,6 +50,21 @@ impl Routes {
         Self(routes)
     }
 
+    /// The same routes with handles of their own on the same metric series
+    /// (per-worker copies keep per-request reference counting off cache
+    /// lines other workers write).
+    pub fn with_own_metrics(&self, metrics: &crate::metrics::Metrics) -> Self {
+        let routes = self
+            .0
+            .iter()
+            .map(|r| Route {
+                metrics: metrics.route(&r.prefix),
+                ..r.clone()
+            })
+            .collect();
+        Self(routes)
+    }
+
     /// The route for `path`, if any.
     pub fn find(&self, path: &str) -> Option<&Route> {
         self.0.iter().find(|r| path.starts_with(&*r.prefix))

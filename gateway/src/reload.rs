@@ -140,13 +140,16 @@ pub async fn build_active(
         max_body,
         metrics: metrics.clone(),
     });
-    let proxying: HttpService = stack::proxy_stack(StackState {
-        proxy,
-        metrics: metrics.clone(),
-        in_flight: Arc::new(Semaphore::new(config.limits.max_requests_in_flight)),
-        max_body,
-        limiter: limiter.clone(),
-    });
+    let proxying: HttpService = stack::proxy_stack(
+        StackState {
+            proxy,
+            metrics: metrics.clone(),
+            in_flight: Arc::new(Semaphore::new(config.limits.max_requests_in_flight)),
+            max_body,
+            limiter: limiter.clone(),
+        },
+        fixed.workers,
+    );
     let plain = match config.server.http_mode {
         HttpMode::Proxy => proxying.clone(),
         HttpMode::Redirect | HttpMode::Off => stack::redirect_stack(

@@ -6,7 +6,7 @@ use crate::errors::GatewayError;
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::proxy::{Proxy, Routes};
 use crate::rate_limit::{Decision, Outcome, RateLimiter};
-use crate::server::{ClientInfo, HttpService};
+use crate::server::{ClientInfo, HttpService, ResponseFuture};
 use axum::body::Body;
 use axum::extract::Request;
 use bytes::Bytes;
@@ -46,65 +46,81 @@ pub struct RateLimitNote {
     pub outcome: &'static str,
 }
 
-/// The proxying stack of the HTTPS listener (and of HTTP in `proxy` mode).
-pub fn proxy_stack(state: StackState) -> HttpService {
-    let observe = ObserveState {
-        unrouted: state.metrics.route("none"),
-        routes: state.proxy.routes.clone(),
-    };
-    // One reference count per request for everything the layers share.
-    let shared = Arc::new((state, observe));
-    HttpService::new(move |req: Request| {
-        let shared = shared.clone();
-        Box::pin(async move { proxy_layers(&shared.0, &shared.1, req).await })
-    })
+/// The proxying stack of the HTTPS listener (and of HTTP in `proxy` mode),
+/// for `workers` workers.
+pub fn proxy_stack(state: StackState, workers: usize) -> HttpService {
+    // A copy per worker (and one for other threads) of what the layers
+    // share: the reference counts a request takes on it, and on its route's
+    // metrics, then stay on its own worker's cache lines.
+    let copies: Box<[Arc<Layers>]> = (0..=workers)
+        .map(|_| {
+            let observe = ObserveState {
+                unrouted: state.metrics.route("none"),
+                routes: state.proxy.routes.with_own_metrics(&state.metrics),
+            };
+            Arc::new(Layers {
+                state: state.clone(),
+                observe,
+            })
+        })
+        .collect();
+    HttpService::new(move |req: Request| proxy_layers(&copies[crate::workers::slot(copies.len())], req))
+}
+
+/// What the proxying layers share.
+#[derive(Debug)]
+struct Layers {
+    state: StackState,
+    observe: ObserveState,
 }
 
 /// The proxying layers, outermost first. Each layer is a pair of plain
-/// functions, one on the way in and one on the way out, run in order by
-/// this one function around a single await of the proxy. Nesting one async
-/// function per layer instead made an 8.8 KB future per request, moved
-/// several times; this one is a fraction of that.
-async fn proxy_layers(state: &StackState, observe_state: &ObserveState, req: Request) -> Response<Body> {
+/// functions, one on the way in and one on the way out, run in order here
+/// around a single await of the proxy; the way in up to the first await
+/// runs before the request's future is even made. Nesting one async
+/// function per layer instead made an 8.8 KB future per request, copied at
+/// every level; this future holds one level and a box.
+fn proxy_layers(shared: &Arc<Layers>, req: Request) -> ResponseFuture {
     // Outermost: every later layer, log line and error body sees the id.
     let (req, id) = assign_request_id(req);
     // Access log and metrics see the final status, errors included, and the
     // whole response body (bytes, time to last byte).
-    let log = observe_request(observe_state, &req, &id);
-    let response = guarded_forward(state, req, id.text()).await;
-    id.stamp(observe_response(log, response))
-}
-
-/// The layers between observing and the proxy.
-async fn guarded_forward(state: &StackState, req: Request, id: &str) -> Response<Body> {
-    // Shed load before doing any work for the request.
-    let Ok(_permit) = state.in_flight.try_acquire() else {
-        return GatewayError::Overloaded.into_response_with(id);
-    };
-    // Rate limit after shedding (a flood must not cost key state when the
-    // gateway is already overloaded), before any body is read or upstream
-    // touched.
-    let limited = match rate_limit(state, &req, id) {
-        Admission::Pass(decision) => decision,
-        Admission::Delay(decision) => {
-            tokio::time::sleep(decision.delay).await;
-            Some(decision)
-        }
-        Admission::Reject(response) => return response,
-    };
-    // Refuse oversized bodies before the proxy streams them anywhere.
-    let mut response = match limit_body(state, req) {
-        // Boxed: the proxy's future is most of a request's state, and every
-        // enclosing future would otherwise carry (and copy) its full size.
-        Ok(req) => Box::pin(state.proxy.forward(req))
-            .await
-            .unwrap_or_else(|e| e.into_response_with(id)),
-        Err(e) => e.into_response_with(id),
-    };
-    if let Some(decision) = limited {
-        note_rate_limit(state, &decision, &mut response);
-    }
-    response
+    let log = observe_request(&shared.observe, &req, &id);
+    let shared = shared.clone();
+    Box::pin(async move {
+        let state = &shared.state;
+        let response = 'layers: {
+            // Shed load before doing any work for the request.
+            let Ok(_permit) = state.in_flight.try_acquire() else {
+                break 'layers GatewayError::Overloaded.into_response_with(id.text());
+            };
+            // Rate limit after shedding (a flood must not cost key state
+            // when the gateway is already overloaded), before any body is
+            // read or upstream touched.
+            let limited = match rate_limit(state, &req, id.text()) {
+                Admission::Pass(decision) => decision,
+                Admission::Delay(decision) => {
+                    tokio::time::sleep(decision.delay).await;
+                    Some(decision)
+                }
+                Admission::Reject(response) => break 'layers response,
+            };
+            // Refuse oversized bodies before the proxy streams them anywhere.
+            let mut response = match limit_body(state, req) {
+                // Boxed: the proxy's future is most of a request's state,
+                // and this one would otherwise carry (and copy) its size.
+                Ok(req) => Box::pin(state.proxy.forward(req))
+                    .await
+                    .unwrap_or_else(|e| e.into_response_with(id.text())),
+                Err(e) => e.into_response_with(id.text()),
+            };
+            if let Some(decision) = limited {
+                note_rate_limit(state, &decision, &mut response);
+            }
+            response
+        };
+        id.stamp(observe_response(log, response))
+    })
 }
 
 /// The stack of the plain-HTTP listener in `redirect` mode: 308 to https,

@@ -68,18 +68,21 @@ impl std::error::Error for SendError {
 #[derive(Debug)]
 struct Pools {
     /// One per worker, then the control runtime's.
-    runtimes: Box<[RuntimePool]>,
+    runtimes: Box<[Arc<RuntimePool>]>,
     connect_timeout: Duration,
     keepalive_timeout: Duration,
-    max_idle: usize,
     sweeping: AtomicBool,
 }
 
-/// A runtime's idle connections, on a cache line of its own so workers
-/// never contend for one.
-#[derive(Debug, Default)]
+/// A runtime's idle connections, in an allocation of its own: a worker's
+/// requests lock it and count references to it, no other worker does.
+#[derive(Debug)]
 #[repr(align(64))]
-struct RuntimePool(Mutex<Vec<Replica>>);
+struct RuntimePool {
+    replicas: Mutex<Vec<Replica>>,
+    keepalive_timeout: Duration,
+    max_idle: usize,
+}
 
 #[derive(Debug)]
 struct Replica {
@@ -100,10 +103,17 @@ impl UpstreamClient {
     pub fn new(upstream: Arc<Upstream>, workers: usize) -> Self {
         let s = &upstream.settings;
         let pools = Arc::new(Pools {
-            runtimes: (0..=workers).map(|_| RuntimePool::default()).collect(),
+            runtimes: (0..=workers)
+                .map(|_| {
+                    Arc::new(RuntimePool {
+                        replicas: Mutex::new(Vec::new()),
+                        keepalive_timeout: s.keepalive_timeout,
+                        max_idle: s.keepalive_max_idle,
+                    })
+                })
+                .collect(),
             connect_timeout: s.connect_timeout,
             keepalive_timeout: s.keepalive_timeout,
-            max_idle: s.keepalive_max_idle,
             sweeping: AtomicBool::new(false),
         });
         Self { upstream, pools }
@@ -115,12 +125,14 @@ impl UpstreamClient {
         addr: SocketAddr,
         mut req: http::Request<Body>,
     ) -> Result<http::Response<UpstreamBody>, SendError> {
-        let control = self.pools.runtimes.len() - 1;
-        let runtime = crate::workers::current().map_or(control, |w| w.min(control));
+        let pool = &self.pools.runtimes[crate::workers::slot(self.pools.runtimes.len())];
         loop {
-            let (mut sender, pooled) = match self.pools.checkout(runtime, addr) {
+            let (mut sender, pooled) = match pool.checkout(addr) {
                 Some(sender) => (sender, true),
-                None => (self.pools.connect(addr).await?, false),
+                None => {
+                    self.pools.start_sweep();
+                    (self.pools.connect(addr).await?, false)
+                }
             };
             if pooled && sender.ready().await.is_err() {
                 continue; // closed while idle
@@ -129,8 +141,7 @@ impl UpstreamClient {
                 Ok(response) => {
                     let reuse = Reuse {
                         sender,
-                        pools: self.pools.clone(),
-                        runtime,
+                        pool: pool.clone(),
                         addr,
                     };
                     return Ok(response.map(|body| UpstreamBody {
@@ -149,10 +160,10 @@ impl UpstreamClient {
     }
 }
 
-impl Pools {
+impl RuntimePool {
     /// The newest live idle connection to `addr`, dropping expired ones.
-    fn checkout(&self, runtime: usize, addr: SocketAddr) -> Option<SendRequest<Body>> {
-        let mut replicas = self.runtimes[runtime].0.lock().unwrap_or_else(|e| e.into_inner());
+    fn checkout(&self, addr: SocketAddr) -> Option<SendRequest<Body>> {
+        let mut replicas = self.replicas.lock().unwrap_or_else(|e| e.into_inner());
         let replica = replicas.iter_mut().find(|r| r.addr == addr)?;
         while let Some(idle) = replica.idle.pop() {
             if idle.since.elapsed() < self.keepalive_timeout && !idle.sender.is_closed() {
@@ -163,7 +174,7 @@ impl Pools {
     }
 
     /// Back into the pool, unless closed or the pool is full (the oldest goes).
-    fn put(self: &Arc<Self>, runtime: usize, addr: SocketAddr, sender: SendRequest<Body>) {
+    fn put(&self, addr: SocketAddr, sender: SendRequest<Body>) {
         if sender.is_closed() || self.max_idle == 0 {
             return;
         }
@@ -171,28 +182,28 @@ impl Pools {
             sender,
             since: Instant::now(),
         };
-        {
-            let mut replicas = self.runtimes[runtime].0.lock().unwrap_or_else(|e| e.into_inner());
-            match replicas.iter_mut().find(|r| r.addr == addr) {
-                Some(replica) => {
-                    if replica.idle.len() >= self.max_idle {
-                        replica.idle.remove(0);
-                    }
-                    replica.idle.push(idle);
+        let mut replicas = self.replicas.lock().unwrap_or_else(|e| e.into_inner());
+        match replicas.iter_mut().find(|r| r.addr == addr) {
+            Some(replica) => {
+                if replica.idle.len() >= self.max_idle {
+                    replica.idle.remove(0);
                 }
-                None => replicas.push(Replica { addr, idle: vec![idle] }),
+                replica.idle.push(idle);
             }
-        }
-        if !self.sweeping.load(Ordering::Relaxed) {
-            self.start_sweep();
+            None => replicas.push(Replica { addr, idle: vec![idle] }),
         }
     }
+}
 
+impl Pools {
     /// Closes idle connections past `keepalive_timeout`, every half period,
     /// for as long as the pools exist.
     fn start_sweep(self: &Arc<Self>) {
+        if self.sweeping.load(Ordering::Relaxed) {
+            return;
+        }
         let Ok(handle) = tokio::runtime::Handle::try_current() else {
-            return; // no runtime here; a later put starts it
+            return; // no runtime here; a later connection starts it
         };
         if self.sweeping.swap(true, Ordering::Relaxed) {
             return;
@@ -210,7 +221,7 @@ impl Pools {
 
     fn sweep(&self) {
         for runtime in &self.runtimes {
-            let mut replicas = runtime.0.lock().unwrap_or_else(|e| e.into_inner());
+            let mut replicas = runtime.replicas.lock().unwrap_or_else(|e| e.into_inner());
             for replica in replicas.iter_mut() {
                 replica
                     .idle
@@ -250,14 +261,13 @@ impl Pools {
 #[derive(Debug)]
 struct Reuse {
     sender: SendRequest<Body>,
-    pools: Arc<Pools>,
-    runtime: usize,
+    pool: Arc<RuntimePool>,
     addr: SocketAddr,
 }
 
 impl Reuse {
     fn give_back(self) {
-        self.pools.put(self.runtime, self.addr, self.sender);
+        self.pool.put(self.addr, self.sender);
     }
 }
 

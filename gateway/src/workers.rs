@@ -33,6 +33,13 @@ pub fn current() -> Option<usize> {
     WORKER.with(Cell::get)
 }
 
+/// This thread's slot among `slots` copies of per-worker state: one per
+/// worker, the last for every other thread.
+pub fn slot(slots: usize) -> usize {
+    let other = slots.saturating_sub(1);
+    current().map_or(other, |w| w.min(other))
+}
+
 /// Makes this thread count as worker `index` (unit tests of per-worker state).
 #[cfg(test)]
 pub fn set_current_for_tests(index: Option<usize>) {
