@@ -30,7 +30,6 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
-use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
 /// Everything built from one configuration.
@@ -144,7 +143,7 @@ pub async fn build_active(
         StackState {
             proxy,
             metrics: metrics.clone(),
-            in_flight: Arc::new(Semaphore::new(config.limits.max_requests_in_flight)),
+            in_flight: Arc::new(stack::InFlightLimit::new(config.limits.max_requests_in_flight)),
             max_body,
             limiter: limiter.clone(),
         },

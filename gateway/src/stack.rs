@@ -14,13 +14,52 @@ use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::Limited;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Instant;
-use tokio::sync::Semaphore;
 
 /// The replica that answered, in the response's extensions (for the access log).
 #[derive(Debug, Clone, Copy)]
 pub struct UpstreamAddr(pub std::net::SocketAddr);
+
+/// Requests allowed in flight at once (`limits.max_requests_in_flight`):
+/// one count taken with one atomic add, no lock and no queue (nobody
+/// waits: over the limit is a 503). tokio's semaphore locked its waiter
+/// list on every release.
+#[derive(Debug)]
+pub struct InFlightLimit {
+    count: AtomicUsize,
+    max: usize,
+}
+
+impl InFlightLimit {
+    /// A limit of `max` requests.
+    pub fn new(max: usize) -> Self {
+        Self {
+            count: AtomicUsize::new(0),
+            max,
+        }
+    }
+
+    /// A place, held until the permit drops; `None` when all are taken.
+    pub fn try_acquire(&self) -> Option<InFlightPermit<'_>> {
+        if self.count.fetch_add(1, Ordering::Relaxed) >= self.max {
+            self.count.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(InFlightPermit(self))
+    }
+}
+
+/// One request's place under an [`InFlightLimit`].
+#[derive(Debug)]
+pub struct InFlightPermit<'a>(&'a InFlightLimit);
+
+impl Drop for InFlightPermit<'_> {
+    fn drop(&mut self) {
+        self.0.count.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 /// What the layers share.
 #[derive(Debug, Clone)]
@@ -30,7 +69,7 @@ pub struct StackState {
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Requests allowed in flight at once.
-    pub in_flight: Arc<Semaphore>,
+    pub in_flight: Arc<InFlightLimit>,
     /// Largest request body.
     pub max_body: u64,
     /// The rate limiter.
@@ -91,7 +130,7 @@ fn proxy_layers(shared: &Arc<Layers>, req: Request) -> ResponseFuture {
         let state = &shared.state;
         let response = 'layers: {
             // Shed load before doing any work for the request.
-            let Ok(_permit) = state.in_flight.try_acquire() else {
+            let Some(_permit) = state.in_flight.try_acquire() else {
                 break 'layers GatewayError::Overloaded.into_response_with(id.text());
             };
             // Rate limit after shedding (a flood must not cost key state

@@ -4,7 +4,7 @@
 mod common;
 
 use common::upstream::{Replica, addrs, replicas};
-use common::{gateway_for, metric};
+use common::{gateway_for, metric, status};
 use reqwest::StatusCode;
 use serde_json::Value;
 use std::collections::HashMap;
@@ -339,6 +339,29 @@ async fn large_bodies_stream_both_ways_intact_request_after_request() {
             assert_eq!(echoed["body_len"], 1_900_000);
         }
     }
+}
+
+#[tokio::test]
+async fn requests_over_max_requests_in_flight_are_shed_with_a_503_until_one_ends() {
+    let rs = replicas(1).await;
+    let gw = gateway_for(&addrs(&rs), "", "[limits]\nmax_requests_in_flight = 1").await;
+    let client = gw.client();
+    let slow = tokio::spawn({
+        let (c, url) = (client.clone(), gw.url("/slow?ms=800"));
+        async move { c.get(url).send().await.expect("sent").status() }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let response = client.get(gw.url("/whoami")).send().await.expect("sent");
+    assert_eq!(response.headers()["retry-after"], "1");
+    assert_problem(response, StatusCode::SERVICE_UNAVAILABLE).await;
+    assert_eq!(
+        slow.await.expect("task"),
+        StatusCode::OK,
+        "the request in flight is unaffected"
+    );
+    // Its place is free again.
+    assert_eq!(status(&client, &gw.url("/whoami")).await, StatusCode::OK);
+    assert_eq!(status(&client, &gw.url("/whoami")).await, StatusCode::OK);
 }
 
 #[tokio::test]
