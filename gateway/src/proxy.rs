@@ -9,13 +9,13 @@
 //! bounded by `max_tries`, and nothing is retried once the response head has
 //! been handed on, so no client ever sees bytes from two attempts.
 
-use crate::balancer::{Endpoint, InFlight};
+use crate::balancer::Endpoint;
 use crate::errors::GatewayError;
 use crate::metrics::Metrics;
 use crate::server::ClientInfo;
 use crate::stack::UpstreamAddr;
+use crate::upstream_client::SendError;
 pub use crate::upstream_client::UpstreamClient;
-use crate::upstream_client::{SendError, UpstreamBody};
 use axum::body::Body;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -226,33 +226,6 @@ impl Replay {
     }
 }
 
-/// The response body from a replica, holding the replica's in-flight count
-/// until the client has it all (least-requests sees streaming responses).
-struct Guarded {
-    inner: UpstreamBody,
-    _in_flight: InFlight,
-}
-
-impl http_body::Body for Guarded {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
-    }
-}
-
 /// How one try ended, when it did not produce the final response.
 enum Failure {
     Connect(String),
@@ -435,13 +408,9 @@ impl Proxy {
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         parts.extensions.insert(UpstreamAddr(addr));
-        let response = Response::from_parts(
-            parts,
-            Body::new(Guarded {
-                inner: body,
-                _in_flight: in_flight,
-            }),
-        );
+        // The body holds the replica's in-flight count until the client
+        // has it all (least-requests sees streaming responses).
+        let response = Response::from_parts(parts, Body::new(body.holding(in_flight)));
         if failed {
             Err(Failure::Status(response))
         } else {

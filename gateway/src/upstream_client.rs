@@ -17,7 +17,7 @@
 //! `keepalive_timeout` are closed (checked at checkout and by a sweep every
 //! half period); at most `keepalive_max_idle` are kept per replica.
 
-use crate::balancer::Upstream;
+use crate::balancer::{InFlight, Upstream};
 use axum::body::Body;
 use bytes::Bytes;
 use hyper::body::Incoming;
@@ -147,6 +147,7 @@ impl UpstreamClient {
                     return Ok(response.map(|body| UpstreamBody {
                         inner: body,
                         reuse: Some(reuse),
+                        held: None,
                     }));
                 }
                 Err(mut e) => match e.take_message() {
@@ -278,6 +279,8 @@ impl Reuse {
 pub struct UpstreamBody {
     inner: Incoming,
     reuse: Option<Reuse>,
+    /// Held until the body is done with (a replica's in-flight count).
+    held: Option<InFlight>,
 }
 
 impl http_body::Body for UpstreamBody {
@@ -308,6 +311,13 @@ impl http_body::Body for UpstreamBody {
 }
 
 impl UpstreamBody {
+    /// The body, holding `guard` until it is dropped: least-requests then
+    /// counts a replica busy until its streaming response has been passed on.
+    pub fn holding(mut self, guard: InFlight) -> Self {
+        self.held = Some(guard);
+        self
+    }
+
     fn finish(&mut self) {
         if let Some(reuse) = self.reuse.take() {
             reuse.give_back();

@@ -98,6 +98,15 @@ async fn exchange(client: &UpstreamClient, addr: SocketAddr, method: &str, body:
     String::from_utf8(bytes.to_vec()).expect("utf-8")
 }
 
+/// `GET /x` without a body, for `addr`.
+fn get(addr: SocketAddr) -> Request<Body> {
+    Request::builder()
+        .uri("/x")
+        .header("host", addr.to_string())
+        .body(Body::empty())
+        .expect("request")
+}
+
 async fn settle() {
     tokio::time::sleep(Duration::from_millis(100)).await;
 }
@@ -170,11 +179,7 @@ async fn at_most_keepalive_max_idle_connections_stay_open() {
 async fn a_response_dropped_before_its_body_ends_does_not_return_its_connection() {
     let (addr, counts) = replica(false).await;
     let client = client(addr, UpstreamSettings::default());
-    let request = Request::builder()
-        .uri("/x")
-        .header("host", addr.to_string())
-        .body(Body::empty())
-        .expect("request");
+    let request = get(addr);
     let response = client.send(addr, request).await.expect("a response");
     // One byte of "1" is still unread; HTTP/1.1 cannot reuse the connection.
     drop(response);
@@ -189,11 +194,7 @@ async fn a_refused_connection_is_a_connect_error() {
     let addr = unused.local_addr().expect("addr");
     drop(unused);
     let client = client(addr, UpstreamSettings::default());
-    let request = Request::builder()
-        .uri("/x")
-        .header("host", addr.to_string())
-        .body(Body::empty())
-        .expect("request");
+    let request = get(addr);
     let error = client.send(addr, request).await.expect_err("nothing listens");
     assert!(
         matches!(error, gateway::upstream_client::SendError::Connect(_)),
