@@ -35,8 +35,6 @@ pub struct Route {
     pub prefix: Arc<str>,
     /// Where matching requests go.
     pub upstream: Arc<UpstreamClient>,
-    /// Its request metrics.
-    pub metrics: crate::metrics::RouteMetrics,
 }
 
 /// The routing table, longest prefix first.
@@ -50,19 +48,9 @@ impl Routes {
         Self(routes)
     }
 
-    /// The same routes with handles of their own on the same metric series
-    /// (per-worker copies keep per-request reference counting off cache
-    /// lines other workers write).
-    pub fn with_own_metrics(&self, metrics: &crate::metrics::Metrics) -> Self {
-        let routes = self
-            .0
-            .iter()
-            .map(|r| Route {
-                metrics: metrics.route(&r.prefix),
-                ..r.clone()
-            })
-            .collect();
-        Self(routes)
+    /// The prefixes, longest first (the order `find` tries them in).
+    pub fn prefixes(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|r| &*r.prefix)
     }
 
     /// The route for `path`, if any.

@@ -118,7 +118,6 @@ pub async fn build_active(
             .map(|r| Route {
                 prefix: Arc::from(r.path_prefix.as_str()),
                 upstream: clients[&r.upstream].clone(),
-                metrics: metrics.route(&r.path_prefix),
             })
             .collect(),
     );

@@ -4,7 +4,7 @@
 use crate::access_log;
 use crate::errors::GatewayError;
 use crate::metrics::{Metrics, RouteMetrics};
-use crate::proxy::{Proxy, Routes};
+use crate::proxy::Proxy;
 use crate::rate_limit::{Decision, Outcome, RateLimiter};
 use crate::server::{ClientInfo, HttpService, ResponseFuture};
 use axum::body::Body;
@@ -93,10 +93,7 @@ pub fn proxy_stack(state: StackState, workers: usize) -> HttpService {
     // metrics, then stay on its own worker's cache lines.
     let copies: Box<[Arc<Layers>]> = (0..=workers)
         .map(|_| {
-            let observe = ObserveState {
-                unrouted: state.metrics.route("none"),
-                routes: state.proxy.routes.with_own_metrics(&state.metrics),
-            };
+            let observe = ObserveState::new(&state.metrics, state.proxy.routes.prefixes(), "none");
             Arc::new(Layers {
                 state: state.clone(),
                 observe,
@@ -165,10 +162,7 @@ fn proxy_layers(shared: &Arc<Layers>, req: Request) -> ResponseFuture {
 /// The stack of the plain-HTTP listener in `redirect` mode: 308 to https,
 /// with a request id and an access-log line like every answer.
 pub fn redirect_stack(metrics: Arc<Metrics>, https_port: u16) -> HttpService {
-    let observe_state = ObserveState {
-        unrouted: metrics.route("redirect"),
-        routes: Routes::new(Vec::new()),
-    };
+    let observe_state = ObserveState::new(&metrics, std::iter::empty(), "redirect");
     HttpService::new(move |req: Request| {
         let (req, id) = assign_request_id(req);
         let log = observe_request(&observe_state, &req, &id);
@@ -367,19 +361,35 @@ impl http_body::Body for Observed {
     }
 }
 
-/// What the access log and metrics layer needs.
-#[derive(Debug, Clone)]
+/// What the access log and metrics layer needs: each route's series,
+/// longest prefix first, and the series of requests no route takes. Each
+/// stack copy holds handles of its own (see `proxy_stack`).
+#[derive(Debug)]
 struct ObserveState {
-    routes: Routes,
+    routes: Vec<RouteMetrics>,
     unrouted: RouteMetrics,
+}
+
+impl ObserveState {
+    fn new<'a>(metrics: &Metrics, prefixes: impl Iterator<Item = &'a str>, unrouted: &str) -> Self {
+        Self {
+            routes: prefixes.map(|p| metrics.route(p)).collect(),
+            unrouted: metrics.route(unrouted),
+        }
+    }
+
+    /// The series of the route `path` takes (as `Routes::find` picks it).
+    fn series(&self, path: &str) -> &RouteMetrics {
+        self.routes
+            .iter()
+            .find(|m| path.starts_with(m.route()))
+            .unwrap_or(&self.unrouted)
+    }
 }
 
 /// Starts the access-log entry and the in-flight count for a request.
 fn observe_request(state: &ObserveState, req: &Request, id: &AssignedId) -> AccessLog {
-    let route = state
-        .routes
-        .find(req.uri().path())
-        .map_or_else(|| state.unrouted.clone(), |r| r.metrics.clone());
+    let route = state.series(req.uri().path()).clone();
     route.start();
     AccessLog {
         route,
