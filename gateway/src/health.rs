@@ -88,11 +88,13 @@ async fn probe(client: &UpstreamClient, addr: SocketAddr, path: &str, timeout: D
         http::header::USER_AGENT,
         http::HeaderValue::from_static("gateway-health-check"),
     );
-    // Read the (small) body too, so the connection goes back to the pool.
+    // Read the body too, so the connection goes back to the pool; a probe
+    // answer over 64 KiB is not a health check, and fails.
     let exchange = async {
         let response = client.send(addr, req).await.ok()?;
         let ok = response.status().is_success();
-        http_body_util::BodyExt::collect(response.into_body()).await.ok()?;
+        let body = http_body_util::Limited::new(response.into_body(), 64 * 1024);
+        http_body_util::BodyExt::collect(body).await.ok()?;
         Some(ok)
     };
     matches!(tokio::time::timeout(timeout, exchange).await, Ok(Some(true)))

@@ -23,6 +23,7 @@ use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -70,7 +71,6 @@ struct Pools {
     /// One per worker, then the control runtime's.
     runtimes: Box<[Arc<RuntimePool>]>,
     connect_timeout: Duration,
-    keepalive_timeout: Duration,
     sweeping: AtomicBool,
 }
 
@@ -87,14 +87,21 @@ struct RuntimePool {
 #[derive(Debug)]
 struct Replica {
     addr: SocketAddr,
-    /// Oldest first; checkout takes the newest.
-    idle: Vec<Idle>,
+    /// Oldest first; checkout takes the newest, a full pool drops the oldest.
+    idle: VecDeque<Idle>,
 }
 
 #[derive(Debug)]
 struct Idle {
     sender: SendRequest<Body>,
     since: Instant,
+}
+
+impl Idle {
+    /// Still open and idle for less than `keepalive_timeout`.
+    fn is_live(&self, keepalive_timeout: Duration) -> bool {
+        self.since.elapsed() < keepalive_timeout && !self.sender.is_closed()
+    }
 }
 
 impl UpstreamClient {
@@ -113,7 +120,6 @@ impl UpstreamClient {
                 })
                 .collect(),
             connect_timeout: s.connect_timeout,
-            keepalive_timeout: s.keepalive_timeout,
             sweeping: AtomicBool::new(false),
         });
         Self { upstream, pools }
@@ -130,7 +136,7 @@ impl UpstreamClient {
             let (mut sender, pooled) = match pool.checkout(addr) {
                 Some(sender) => (sender, true),
                 None => {
-                    self.pools.start_sweep();
+                    self.pools.start_sweep(pool.keepalive_timeout);
                     (self.pools.connect(addr).await?, false)
                 }
             };
@@ -166,12 +172,21 @@ impl RuntimePool {
     fn checkout(&self, addr: SocketAddr) -> Option<SendRequest<Body>> {
         let mut replicas = self.replicas.lock().unwrap_or_else(|e| e.into_inner());
         let replica = replicas.iter_mut().find(|r| r.addr == addr)?;
-        while let Some(idle) = replica.idle.pop() {
-            if idle.since.elapsed() < self.keepalive_timeout && !idle.sender.is_closed() {
+        while let Some(idle) = replica.idle.pop_back() {
+            if idle.is_live(self.keepalive_timeout) {
                 return Some(idle.sender);
             }
         }
         None
+    }
+
+    /// Drops expired and closed idle connections.
+    fn sweep(&self) {
+        let mut replicas = self.replicas.lock().unwrap_or_else(|e| e.into_inner());
+        for replica in replicas.iter_mut() {
+            replica.idle.retain(|i| i.is_live(self.keepalive_timeout));
+        }
+        replicas.retain(|r| !r.idle.is_empty());
     }
 
     /// Back into the pool, unless closed or the pool is full (the oldest goes).
@@ -187,11 +202,14 @@ impl RuntimePool {
         match replicas.iter_mut().find(|r| r.addr == addr) {
             Some(replica) => {
                 if replica.idle.len() >= self.max_idle {
-                    replica.idle.remove(0);
+                    replica.idle.pop_front();
                 }
-                replica.idle.push(idle);
+                replica.idle.push_back(idle);
             }
-            None => replicas.push(Replica { addr, idle: vec![idle] }),
+            None => replicas.push(Replica {
+                addr,
+                idle: VecDeque::from([idle]),
+            }),
         }
     }
 }
@@ -199,7 +217,7 @@ impl RuntimePool {
 impl Pools {
     /// Closes idle connections past `keepalive_timeout`, every half period,
     /// for as long as the pools exist.
-    fn start_sweep(self: &Arc<Self>) {
+    fn start_sweep(self: &Arc<Self>, keepalive_timeout: Duration) {
         if self.sweeping.load(Ordering::Relaxed) {
             return;
         }
@@ -210,7 +228,7 @@ impl Pools {
             return;
         }
         let pools: Weak<Self> = Arc::downgrade(self);
-        let period = (self.keepalive_timeout / 2).max(Duration::from_millis(50));
+        let period = (keepalive_timeout / 2).max(Duration::from_millis(50));
         handle.spawn(async move {
             loop {
                 tokio::time::sleep(period).await;
@@ -222,13 +240,7 @@ impl Pools {
 
     fn sweep(&self) {
         for runtime in &self.runtimes {
-            let mut replicas = runtime.replicas.lock().unwrap_or_else(|e| e.into_inner());
-            for replica in replicas.iter_mut() {
-                replica
-                    .idle
-                    .retain(|i| i.since.elapsed() < self.keepalive_timeout && !i.sender.is_closed());
-            }
-            replicas.retain(|r| !r.idle.is_empty());
+            runtime.sweep();
         }
     }
 

@@ -199,6 +199,23 @@ async fn a_failing_health_check_takes_a_replica_out_and_none_healthy_is_a_503() 
 }
 
 #[tokio::test]
+async fn a_health_answer_over_64_kib_fails_the_check() {
+    for (bytes, expected) in [(1_000, StatusCode::OK), (70_000, StatusCode::SERVICE_UNAVAILABLE)] {
+        let rs = replicas(1).await;
+        let health = format!(
+            "health = {{ path = \"/bytes?n={bytes}\", interval = \"100ms\", timeout = \"500ms\", unhealthy_threshold = 1, healthy_threshold = 1 }}"
+        );
+        let gw = gateway_for(&addrs(&rs), &health, "").await;
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(
+            status(&gw.client(), &gw.url("/whoami")).await,
+            expected,
+            "{bytes} bytes"
+        );
+    }
+}
+
+#[tokio::test]
 async fn a_slow_replica_is_a_504_problem() {
     let rs = replicas(1).await;
     let gw = gateway_for(&addrs(&rs), "response_timeout = \"300ms\"\nmax_tries = 1", "").await;
