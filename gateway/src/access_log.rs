@@ -12,6 +12,7 @@
 //! `gateway replay` and log shippers read both alike. `RUST_LOG` still
 //! decides: the line is written when target `access` is enabled at `info`.
 
+use crate::ip_text::IpText;
 use shared::telemetry::LogFormat;
 use std::cell::RefCell;
 use std::io::Write as _;
@@ -196,19 +197,7 @@ fn push_padded(out: &mut Vec<u8>, n: u64, width: usize) {
 }
 
 fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
-    match ip {
-        IpAddr::V4(v4) => {
-            for (i, octet) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b'.');
-                }
-                push_u64(out, u64::from(octet));
-            }
-        }
-        IpAddr::V6(v6) => {
-            let _ = write!(out, "{v6}");
-        }
-    }
+    out.extend_from_slice(IpText::new(ip).as_bytes());
 }
 
 /// Escapes for a JSON string whatever was written to `out` from `start` on.

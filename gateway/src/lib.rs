@@ -16,6 +16,7 @@ pub mod client_ip;
 pub mod config;
 pub mod errors;
 pub mod health;
+pub mod ip_text;
 pub mod metrics;
 pub mod proxy;
 pub mod proxy_protocol;

@@ -11,6 +11,7 @@
 
 use crate::balancer::Endpoint;
 use crate::errors::GatewayError;
+use crate::ip_text::IpText;
 use crate::metrics::Metrics;
 use crate::server::ClientInfo;
 use crate::stack::UpstreamAddr;
@@ -21,7 +22,6 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
-use std::io::Write as _;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -121,12 +121,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// anything the client sent (a client cannot choose its own address).
 pub fn set_forwarded(headers: &mut HeaderMap, client: &ClientInfo, host: Option<HeaderValue>) {
     headers.remove(header::FORWARDED);
-    // Formatted on the stack: the longest IPv6 text is 45 bytes.
-    let mut text = [0u8; 64];
-    let mut rest = &mut text[..];
-    let _ = write!(rest, "{}", client.ip);
-    let len = 64 - rest.len();
-    let ip = HeaderValue::from_bytes(&text[..len]).expect("an IP address is a valid header value");
+    let ip = HeaderValue::from_bytes(IpText::new(client.ip).as_bytes()).expect("an IP address is a valid header value");
     headers.insert(HeaderName::from_static("x-forwarded-for"), ip.clone());
     headers.insert(HeaderName::from_static("x-real-ip"), ip);
     let proto = if client.tls { "https" } else { "http" };
