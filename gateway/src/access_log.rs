@@ -70,6 +70,7 @@ pub fn write(entry: &Entry<'_>) {
 /// timestamp's date and time reused within the second.
 pub fn format_line(out: &mut Vec<u8>, format: LogFormat, entry: &Entry<'_>, at: SystemTime) {
     let text = format == LogFormat::Text;
+    out.reserve(256);
     if text {
         push_timestamp(out, at);
         out.extend_from_slice(b"  INFO access:");
@@ -78,37 +79,17 @@ pub fn format_line(out: &mut Vec<u8>, format: LogFormat, entry: &Entry<'_>, at: 
         push_timestamp(out, at);
         out.extend_from_slice(b"\",\"level\":\"INFO\",\"target\":\"access\"");
     }
-    let field = |out: &mut Vec<u8>, key: &str, quoted: bool, value: &dyn Fn(&mut Vec<u8>)| {
-        if text {
-            out.push(b' ');
-            out.extend_from_slice(key.as_bytes());
-            out.push(b'=');
-            value(out);
-        } else {
-            out.extend_from_slice(b",\"");
-            out.extend_from_slice(key.as_bytes());
-            out.extend_from_slice(b"\":");
-            if quoted {
-                out.push(b'"');
-                let start = out.len();
-                value(out);
-                escape_json_from(out, start);
-                out.push(b'"');
-            } else {
-                value(out);
-            }
-        }
-    };
-    field(out, "client", true, &|o| {
+    let mut line = Line { out, text };
+    line.quoted("client", |o| {
         if let Some(ip) = entry.client {
             push_ip(o, ip);
         }
     });
-    field(out, "method", true, &|o| o.extend_from_slice(entry.method.as_bytes()));
-    field(out, "path", true, &|o| o.extend_from_slice(entry.path.as_bytes()));
-    field(out, "status", false, &|o| push_u64(o, u64::from(entry.status)));
-    field(out, "route", true, &|o| o.extend_from_slice(entry.route.as_bytes()));
-    field(out, "upstream", true, &|o| match entry.upstream {
+    line.quoted("method", |o| o.extend_from_slice(entry.method.as_bytes()));
+    line.quoted("path", |o| o.extend_from_slice(entry.path.as_bytes()));
+    line.bare("status", |o| push_u64(o, u64::from(entry.status)));
+    line.quoted("route", |o| o.extend_from_slice(entry.route.as_bytes()));
+    line.quoted("upstream", |o| match entry.upstream {
         Some(SocketAddr::V4(addr)) => {
             push_ip(o, IpAddr::V4(*addr.ip()));
             o.push(b':');
@@ -119,22 +100,62 @@ pub fn format_line(out: &mut Vec<u8>, format: LogFormat, entry: &Entry<'_>, at: 
         }
         None => {}
     });
-    field(out, "latency_ms", false, &|o| push_millis(o, entry.latency_ms));
-    field(out, "bytes", false, &|o| push_u64(o, entry.bytes));
-    field(out, "rate_limit", true, &|o| {
+    line.bare("latency_ms", |o| push_millis(o, entry.latency_ms));
+    line.bare("bytes", |o| push_u64(o, entry.bytes));
+    line.quoted("rate_limit", |o| {
         if let Some((policy, outcome)) = entry.rate_limit {
             o.extend_from_slice(policy.as_bytes());
             o.push(b':');
             o.extend_from_slice(outcome.as_bytes());
         }
     });
-    field(out, "request_id", true, &|o| {
-        o.extend_from_slice(entry.request_id.as_bytes())
-    });
+    line.quoted("request_id", |o| o.extend_from_slice(entry.request_id.as_bytes()));
     if !text {
         out.push(b'}');
     }
     out.push(b'\n');
+}
+
+/// Writes `key=value` pairs (text) or `"key":value` members (JSON). The
+/// value writers are generic, not `dyn`, so each field inlines to a few
+/// stores.
+struct Line<'a> {
+    out: &'a mut Vec<u8>,
+    text: bool,
+}
+
+impl Line<'_> {
+    fn key(&mut self, key: &str) {
+        if self.text {
+            self.out.push(b' ');
+            self.out.extend_from_slice(key.as_bytes());
+            self.out.push(b'=');
+        } else {
+            self.out.extend_from_slice(b",\"");
+            self.out.extend_from_slice(key.as_bytes());
+            self.out.extend_from_slice(b"\":");
+        }
+    }
+
+    /// A number or other value JSON writes bare.
+    fn bare(&mut self, key: &str, value: impl FnOnce(&mut Vec<u8>)) {
+        self.key(key);
+        value(self.out);
+    }
+
+    /// A value JSON writes as an escaped string.
+    fn quoted(&mut self, key: &str, value: impl FnOnce(&mut Vec<u8>)) {
+        self.key(key);
+        if self.text {
+            value(self.out);
+        } else {
+            self.out.push(b'"');
+            let start = self.out.len();
+            value(self.out);
+            escape_json_from(self.out, start);
+            self.out.push(b'"');
+        }
+    }
 }
 
 /// RFC 3339 UTC with microseconds, as tracing prints it.

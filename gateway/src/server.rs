@@ -166,6 +166,9 @@ pub fn hyper_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     builder
         .http1()
         .timer(TokioTimer::new())
+        // Small bodies are copied after the head into one buffer (one
+        // write, no buffer queue); see `upstream_client`.
+        .writev(false)
         .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(max_header.max(8192));
     builder

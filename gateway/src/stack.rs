@@ -302,7 +302,8 @@ struct AccessLog {
     started: Instant,
     client: Option<ClientInfo>,
     method: http::Method,
-    path: String,
+    /// Shares the request's bytes (a clone is a reference count).
+    target: Option<http::uri::PathAndQuery>,
     request_id: HeaderValue,
     status: u16,
     upstream: Option<std::net::SocketAddr>,
@@ -317,7 +318,7 @@ impl Drop for AccessLog {
         access_log::write(&access_log::Entry {
             client: self.client.map(|c| c.ip),
             method: self.method.as_str(),
-            path: &self.path,
+            path: self.target.as_ref().map_or("/", http::uri::PathAndQuery::path),
             status: self.status,
             route: self.route.route(),
             upstream: self.upstream,
@@ -396,7 +397,7 @@ fn observe_request(state: &ObserveState, req: &Request, id: &AssignedId) -> Acce
         started: Instant::now(),
         client: req.extensions().get::<ClientInfo>().copied(),
         method: req.method().clone(),
-        path: req.uri().path().to_string(),
+        target: req.uri().path_and_query().cloned(),
         request_id: id.value.clone(),
         status: 0,
         upstream: None,
