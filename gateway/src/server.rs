@@ -17,12 +17,13 @@ use shared::shutdown::{CancellationToken, TaskTracker};
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 /// What the gateway observed about the client of a request; in every
@@ -222,13 +223,11 @@ pub async fn accept_loop(listener: TcpListener, kind: Listener, current: Current
     // This loop's worker never changes: find its counter once.
     let worker = crate::workers::current().map_or_else(|| "none".to_string(), |w| w.to_string());
     let accepted_here = ctx.metrics.accepted.get_or_create(&WorkerLabels { worker }).clone();
-    // Connections watch this loop's own child of the stop token: each poll
-    // of a connection checks it, and a token shared by every worker would
-    // make that a lock contended across threads.
-    let stop = ctx.stop.child_token();
+    // This loop's connections watch their own signal, raised when the loop ends.
+    let stop = Arc::new(StopSignal::default());
     loop {
         let accepted = tokio::select! {
-            () = stop.cancelled() => break,
+            () = ctx.stop.cancelled() => break,
             accepted = listener.accept() => accepted,
         };
         let (stream, peer) = match accepted {
@@ -258,7 +257,29 @@ pub async fn accept_loop(listener: TcpListener, kind: Listener, current: Current
             drop(slot);
         });
     }
+    stop.raise();
     tracing::debug!("listener closed");
+}
+
+/// The stop signal as one accept loop's connections watch it. A connection
+/// reads one flag per wake-up (several per request); polling the stop token
+/// itself took two mutex locks each time (the token's and its `Notify`'s).
+#[derive(Debug, Default)]
+struct StopSignal {
+    raised: AtomicBool,
+    notify: Notify,
+}
+
+impl StopSignal {
+    /// Raises the signal and wakes every connection waiting on it.
+    fn raise(&self) {
+        self.raised.store(true, Ordering::Release);
+        self.notify.notify_waiters();
+    }
+
+    fn is_raised(&self) -> bool {
+        self.raised.load(Ordering::Acquire)
+    }
 }
 
 /// The client address a connection speaks for: the TCP peer, or the source
@@ -303,7 +324,7 @@ async fn handle(
     kind: Listener,
     current: Current,
     ctx: &ServerContext,
-    stop: &CancellationToken,
+    stop: &StopSignal,
 ) {
     let generation = current.load_full();
     let Some(source) = connection_source(&mut stream, peer, &generation, ctx).await else {
@@ -358,14 +379,8 @@ impl Activity {
     }
 }
 
-async fn serve<I>(
-    io: I,
-    info: ClientInfo,
-    kind: Listener,
-    current: Current,
-    generation: &Generation,
-    stop: &CancellationToken,
-) where
+async fn serve<I>(io: I, info: ClientInfo, kind: Listener, current: Current, generation: &Generation, stop: &StopSignal)
+where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let activity = Arc::new(Activity {
@@ -395,31 +410,52 @@ async fn serve<I>(
     });
     let conn = generation.builder.serve_connection(TokioIo::new(io), hyper_service);
     tokio::pin!(conn);
+    // Made before the flag is first read: a raise after that still wakes it.
+    let stopped = stop.notify.notified();
+    tokio::pin!(stopped);
     let idle = generation.limits.idle_timeout;
+    let idle_timer = tokio::time::sleep_until(activity.deadline(idle));
+    tokio::pin!(idle_timer);
     let mut closing = false;
-    loop {
-        tokio::select! {
-            // The connection first: it is what nearly every wake-up is for.
-            biased;
-            result = conn.as_mut() => {
-                if let Err(error) = result {
-                    tracing::debug!(peer = %info.peer, %error, "connection ended with an error");
-                }
-                break;
+    // Wakers for the stop signal and the idle timer are registered once
+    // (again after the timer moves); other wake-ups, nearly all for the
+    // connection, read two flags after polling it.
+    let mut registered = false;
+    let result = std::future::poll_fn(|cx| {
+        loop {
+            if let Poll::Ready(result) = conn.as_mut().poll(cx) {
+                return Poll::Ready(result);
             }
-            () = stop.cancelled(), if !closing => {
+            if closing {
+                return Poll::Pending;
+            }
+            if stop.is_raised() {
                 conn.as_mut().graceful_shutdown();
                 closing = true;
+                continue;
             }
-            () = tokio::time::sleep_until(activity.deadline(idle)), if !closing => {
-                if activity.is_idle(idle) {
-                    conn.as_mut().graceful_shutdown();
-                    closing = true;
-                } else {
-                    // Requests are running: look again one idle period from now.
-                    activity.touch();
+            if !registered {
+                registered = true;
+                let _ = stopped.as_mut().poll(cx);
+                if idle_timer.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
                 }
+            } else if !idle_timer.is_elapsed() {
+                return Poll::Pending;
+            }
+            if activity.is_idle(idle) {
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+            } else {
+                // Requests are running: look again one idle period from now.
+                activity.touch();
+                idle_timer.as_mut().reset(activity.deadline(idle));
+                registered = false;
             }
         }
+    })
+    .await;
+    if let Err(error) = result {
+        tracing::debug!(peer = %info.peer, %error, "connection ended with an error");
     }
 }

@@ -105,6 +105,93 @@ async fn shutdown_lets_the_in_flight_request_finish_and_reports_draining() {
     stopping.await.expect("task").expect("clean stop");
 }
 
+/// A keep-alive connection to `addr` that has had one request answered.
+fn served_keep_alive_connection(addr: std::net::SocketAddr) -> std::net::TcpStream {
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    s.write_all(b"GET /whoami HTTP/1.1\r\nHost: x\r\n\r\n").expect("write");
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        let n = s.read(&mut buf).expect("an answer");
+        assert!(n > 0, "closed before answering");
+        answer.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&answer);
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length: ")
+                        .map(str::to_string)
+                })
+                .and_then(|v| v.trim().parse().ok())
+                .expect("a content-length");
+            if body.len() >= length {
+                assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+                return s;
+            }
+        }
+    }
+}
+
+/// Reads from `s` until it closes: the bytes read meanwhile (`None` if
+/// nothing closed it within its read timeout) and the time it took.
+fn wait_for_close(mut s: std::net::TcpStream) -> (Option<usize>, Duration) {
+    let started = Instant::now();
+    let mut buf = [0u8; 256];
+    let mut total = 0;
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return (Some(total), started.elapsed()),
+            Ok(n) => total += n,
+            Err(_) => return (None, started.elapsed()),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_connection_idle_past_the_idle_timeout_is_closed() {
+    let rs = replicas(1).await;
+    // The header timeout, which also bounds an HTTP/1.1 wait for the next
+    // request, is far off: the idle timer is what closes this connection.
+    let limits = "[limits]\nidle_timeout = \"500ms\"\nheader_read_timeout = \"30s\"";
+    let gw = http_gateway(&addrs(&rs), limits).await;
+    let http = gw.http.expect("http");
+    let (read, took) = tokio::task::spawn_blocking(move || wait_for_close(served_keep_alive_connection(http)))
+        .await
+        .expect("task");
+    assert_eq!(read, Some(0), "closed without another answer");
+    assert!(
+        took >= Duration::from_millis(400) && took < Duration::from_secs(5),
+        "closed after {took:?}"
+    );
+}
+
+#[tokio::test]
+async fn shutdown_closes_idle_keep_alive_connections_at_once() {
+    let rs = replicas(1).await;
+    let gw = http_gateway(&addrs(&rs), "").await;
+    let http = gw.http.expect("http");
+    let idle = tokio::task::spawn_blocking(move || served_keep_alive_connection(http))
+        .await
+        .expect("task");
+    let started = Instant::now();
+    let stopping = gw.begin_stop();
+    let (read, _) = tokio::task::spawn_blocking(move || wait_for_close(idle))
+        .await
+        .expect("task");
+    assert_eq!(read, Some(0), "closed without another answer");
+    stopping.await.expect("task").expect("clean stop");
+    // The idle and header timeouts (60 s, 10 s) and the grace period (25 s)
+    // are all far off: the stop signal closed it.
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "stopped after {:?}",
+        started.elapsed()
+    );
+}
+
 #[tokio::test]
 async fn dropping_the_serving_future_stops_the_workers_and_closes_their_sockets() {
     let rs = replicas(1).await;
@@ -290,6 +377,19 @@ async fn replay_reads_the_gateways_own_json_access_log() {
             .success()
     );
     assert!(child.wait().expect("exits").success());
+
+    // Each proxied request's line names the replica that answered it.
+    let log = std::fs::read_to_string(&log_path).expect("log");
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["target"] == "access" && v["path"] == "/whoami")
+        .collect();
+    assert!(lines.len() >= 30, "{log}");
+    for line in &lines {
+        assert_eq!(line["status"], 200, "{line}");
+        assert_eq!(line["upstream"], rs[0].addr.to_string(), "{line}");
+    }
 
     // The live gateway had no limit; would 5 r/s burst 2 have hurt?
     let proposed = live.replace(
