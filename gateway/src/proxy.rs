@@ -14,7 +14,6 @@ use crate::errors::GatewayError;
 use crate::ip_text::IpText;
 use crate::metrics::Metrics;
 use crate::server::ClientInfo;
-use crate::stack::UpstreamAddr;
 use crate::upstream_client::SendError;
 pub use crate::upstream_client::UpstreamClient;
 use axum::body::Body;
@@ -221,8 +220,14 @@ enum Failure {
 }
 
 impl Proxy {
-    /// Forwards `req` to its route's upstream.
-    pub async fn forward(&self, req: Request<Body>) -> Result<Response<Body>, GatewayError> {
+    /// Forwards `req` to its route's upstream. When the response comes from
+    /// a replica, `answered_by` names it (for the access log); an error
+    /// made here leaves it `None`.
+    pub async fn forward(
+        &self,
+        req: Request<Body>,
+        answered_by: &mut Option<SocketAddr>,
+    ) -> Result<Response<Body>, GatewayError> {
         let route = self.routes.find(req.uri().path()).ok_or(GatewayError::NoRoute)?;
         let upstream = &route.upstream.upstream;
         let settings = &upstream.settings;
@@ -261,7 +266,8 @@ impl Proxy {
         let idempotent = is_idempotent(&parts.method);
         // Replicas that failed this request (filled only when retrying).
         let mut tried: Vec<SocketAddr> = Vec::new();
-        let mut last: Option<Failure> = None;
+        // The last failure and the replica it came from.
+        let mut last: Option<(Failure, SocketAddr)> = None;
         for attempt in 0..settings.max_tries {
             let Some(endpoint) = upstream.pick(&tried) else { break };
             let Some(body) = replay.body() else { break };
@@ -286,7 +292,10 @@ impl Proxy {
 
             // Boxed for the same reason as `forward` itself (see `stack`).
             let failure = match Box::pin(self.try_once(route, endpoint, attempt_req)).await {
-                Ok(response) => return Ok(response),
+                Ok(response) => {
+                    *answered_by = Some(addr);
+                    return Ok(response);
+                }
                 Err(failure) => failure,
             };
             let retry_reason = match &failure {
@@ -297,7 +306,7 @@ impl Proxy {
                 _ => None,
             };
             let Some(reason) = retry_reason else {
-                last = Some(failure);
+                last = Some((failure, addr));
                 break;
             };
             tried.push(addr);
@@ -305,14 +314,17 @@ impl Proxy {
                 self.metrics.retry(&upstream.name, reason);
                 tracing::warn!(upstream = %upstream.name, endpoint = %addr, reason, "retrying on another replica");
             }
-            last = Some(failure);
+            last = Some((failure, addr));
         }
         match last {
             None => Err(GatewayError::NoHealthyUpstream(upstream.name.clone())),
-            Some(Failure::Status(response)) => Ok(response),
-            Some(Failure::Connect(why) | Failure::Reset(why)) => Err(GatewayError::BadGateway(why)),
-            Some(Failure::Timeout) => Err(GatewayError::GatewayTimeout(settings.response_timeout)),
-            Some(Failure::BodyTooLarge) => Err(GatewayError::PayloadTooLarge(self.max_body)),
+            Some((Failure::Status(response), addr)) => {
+                *answered_by = Some(addr);
+                Ok(response)
+            }
+            Some((Failure::Connect(why) | Failure::Reset(why), _)) => Err(GatewayError::BadGateway(why)),
+            Some((Failure::Timeout, _)) => Err(GatewayError::GatewayTimeout(settings.response_timeout)),
+            Some((Failure::BodyTooLarge, _)) => Err(GatewayError::PayloadTooLarge(self.max_body)),
         }
     }
 
@@ -392,7 +404,6 @@ impl Proxy {
         }
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
-        parts.extensions.insert(UpstreamAddr(addr));
         // The body holds the replica's in-flight count until the client
         // has it all (least-requests sees streaming responses).
         let response = Response::from_parts(parts, Body::new(body.holding(in_flight)));

@@ -18,10 +18,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-/// The replica that answered, in the response's extensions (for the access log).
-#[derive(Debug, Clone, Copy)]
-pub struct UpstreamAddr(pub std::net::SocketAddr);
-
 /// Requests allowed in flight at once (`limits.max_requests_in_flight`):
 /// one count taken with one atomic add, no lock and no queue (nobody
 /// waits: over the limit is a 503). tokio's semaphore locked its waiter
@@ -121,7 +117,7 @@ fn proxy_layers(shared: &Arc<Layers>, req: Request) -> ResponseFuture {
     let (req, id) = assign_request_id(req);
     // Access log and metrics see the final status, errors included, and the
     // whole response body (bytes, time to last byte).
-    let log = observe_request(&shared.observe, &req, &id);
+    let mut log = observe_request(&shared.observe, &req, &id);
     let shared = shared.clone();
     Box::pin(async move {
         let state = &shared.state;
@@ -145,7 +141,7 @@ fn proxy_layers(shared: &Arc<Layers>, req: Request) -> ResponseFuture {
             let mut response = match limit_body(state, req) {
                 // Boxed: the proxy's future is most of a request's state,
                 // and this one would otherwise carry (and copy) its size.
-                Ok(req) => Box::pin(state.proxy.forward(req))
+                Ok(req) => Box::pin(state.proxy.forward(req, &mut log.upstream))
                     .await
                     .unwrap_or_else(|e| e.into_response_with(id.text())),
                 Err(e) => e.into_response_with(id.text()),
@@ -306,6 +302,7 @@ struct AccessLog {
     target: Option<http::uri::PathAndQuery>,
     request_id: HeaderValue,
     status: u16,
+    /// The replica whose response this is; the proxy fills it in.
     upstream: Option<std::net::SocketAddr>,
     rate_limit: Option<RateLimitNote>,
     bytes: u64,
@@ -411,7 +408,6 @@ fn observe_request(state: &ObserveState, req: &Request, id: &AssignedId) -> Acce
 fn observe_response(mut log: AccessLog, response: Response<Body>) -> Response<Body> {
     let (parts, body) = response.into_parts();
     log.status = parts.status.as_u16();
-    log.upstream = parts.extensions.get::<UpstreamAddr>().map(|u| u.0);
     log.rate_limit = parts.extensions.get::<RateLimitNote>().cloned();
     Response::from_parts(parts, Body::new(Observed { inner: body, log }))
 }
