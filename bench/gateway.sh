@@ -5,8 +5,10 @@
 #   HTTP/1.1 keep-alive: wrk -t2 -cC (req/s, p50, p99, and the proxy's own
 #                        CPU time per request, which drifts less than req/s)
 #   HTTP/2 over TLS:     h2load -cC -m10 -nN (req/s, mean latency)
-# Both proxies log every request to a file and keep upstream connections
-# alive; nginx's limit_req is off (the limiter's own cost is bench/limiter.sh).
+# The two configurations do the same work per request (bench/lib.sh,
+# nginx_config): forwarding headers, a request id passed on or made, an
+# access-log line in a buffered file, keep-alive upstream connections, no
+# rate limit (the limiter's own cost is bench/limiter.sh).
 # Usage: bench/gateway.sh [ROUNDS=3] [DURATION=10s] [CONNECTIONS=64] [H2_REQUESTS=100000]
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -27,17 +29,7 @@ ensure_tool wrk wrk
 ensure_tool h2load nghttp2-client
 ensure_tool nginx nginx-light
 ensure_tool curl curl
-cargo build --release --locked -p app -p gateway >&2
-
-WORK=$(mktemp -d /tmp/bench-gateway.XXXXXX)
-chmod 755 "$WORK"
-pids=()
-cleanup() {
-  [ -f "$WORK/nginx.pid" ] && kill "$(cat "$WORK/nginx.pid")" 2>/dev/null
-  kill "${pids[@]}" 2>/dev/null || true
-  wait 2>/dev/null || true
-}
-trap cleanup EXIT
+bench_start gateway
 
 start_upstreams "$WORK"
 # No rate-limit policy: nginx runs without limit_req (bench/limiter.sh measures the limiter).
@@ -45,33 +37,7 @@ start_gateway "$WORK" gateway "[rate_limits]"
 chmod 644 "$WORK/certs/key.pem"
 
 NG_HTTP=$(free_port); NG_HTTPS=$(free_port)
-cat >"$WORK/nginx.conf" <<CONF
-worker_processes 2;
-pid $WORK/nginx.pid;
-error_log $WORK/nginx-error.log warn;
-events { worker_connections 8192; }
-http {
-  access_log $WORK/nginx-access.log combined buffer=64k flush=1s;
-  upstream app { server 127.0.0.1:$UP1; server 127.0.0.1:$UP2; keepalive 128; }
-  server {
-    listen 127.0.0.1:$NG_HTTP;
-    listen 127.0.0.1:$NG_HTTPS ssl http2;
-    ssl_certificate $WORK/certs/cert.pem;
-    ssl_certificate_key $WORK/certs/key.pem;
-    ssl_protocols TLSv1.2 TLSv1.3;
-    server_tokens off;
-    location / {
-      proxy_pass http://app;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header Host \$host;
-      proxy_set_header X-Forwarded-For \$remote_addr;
-      proxy_set_header X-Real-IP \$remote_addr;
-      proxy_set_header X-Forwarded-Proto \$scheme;
-    }
-  }
-}
-CONF
+nginx_config "$WORK" "$NG_HTTP" "$NG_HTTPS" "worker_processes 2;" >"$WORK/nginx.conf"
 nginx -c "$WORK/nginx.conf" -p "$WORK"
 wait_http "http://127.0.0.1:$NG_HTTP/healthz" 30
 mapfile -t NG_WORKERS < <(pgrep -P "$(cat "$WORK/nginx.pid")")

@@ -25,6 +25,23 @@ wrk_run() {
     END { printf "%.0f %.3f %.3f\n", rps, p50, p99 }'
 }
 
+# bench_start NAME -> builds the release binaries and sets WORK (a fresh
+# directory) and an EXIT trap that stops nginx (when WORK/nginx.pid names
+# one) and every process in the caller's `pids`.
+bench_start() {
+  cargo build --release --locked -p app -p gateway >&2
+  WORK=$(mktemp -d "/tmp/bench-$1.XXXXXX")
+  chmod 755 "$WORK"
+  pids=()
+  trap bench_cleanup EXIT
+}
+
+bench_cleanup() {
+  [ -f "$WORK/nginx.pid" ] && kill "$(cat "$WORK/nginx.pid")" 2>/dev/null
+  kill "${pids[@]}" 2>/dev/null || true
+  wait 2>/dev/null || true
+}
+
 median() { # numbers... -> median
   printf '%s\n' "$@" | sort -g | awk '{ a[NR] = $1 } END { if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
 }
@@ -60,9 +77,9 @@ cpu_ticks() {
   echo "$total"
 }
 
-# start_gateway WORK NAME EXTRA_TOML -> sets GW_HTTP and GW_PID: a gateway proxying
-# plain HTTP (and HTTPS on GW_HTTPS) to UP1/UP2, access log to a file.
-start_gateway() {
+# gateway_config WORK NAME EXTRA_TOML -> sets GW_HTTP and GW_HTTPS and writes
+# WORK/NAME.toml: a gateway proxying plain HTTP and HTTPS to UP1/UP2.
+gateway_config() {
   local work=$1 name=$2 extra=$3
   GW_HTTP=$(free_port); GW_HTTPS=$(free_port)
   [ -f "$work/certs/cert.pem" ] || target/release/gateway gen-cert --out "$work/certs" --name localhost --name 127.0.0.1 >/dev/null
@@ -86,8 +103,60 @@ path_prefix = "/"
 upstream = "app"
 $extra
 TOML
+}
+
+# start_gateway WORK NAME EXTRA_TOML -> sets GW_HTTP, GW_HTTPS and GW_PID: the
+# gateway of `gateway_config` running, access log to a file.
+start_gateway() {
+  local work=$1 name=$2
+  gateway_config "$@"
   RUST_LOG=info target/release/gateway --config "$work/$name.toml" 2>"$work/$name-access.log" &
   GW_PID=$!
   pids+=("$GW_PID")
   wait_http "http://127.0.0.1:$GW_HTTP/healthz" 30
+}
+
+# nginx_config WORK HTTP_PORT HTTPS_PORT MAIN_DIRECTIVES -> prints an nginx
+# configuration equivalent to `gateway_config`'s in front of UP1/UP2. What
+# the gateway does for every request, nginx does too: keep the client's
+# X-Request-Id or make one, send it upstream and return it, set the same
+# forwarding headers, keep upstream connections alive, and log the replica,
+# time and id of each request to a file (buffered, as the gateway's log).
+# No limit_req: bench/limiter.sh measures the limiter.
+nginx_config() {
+  local work=$1 http=$2 https=$3 main=$4
+  cat <<CONF
+$main
+pid $work/nginx.pid;
+error_log $work/nginx-error.log warn;
+events { worker_connections 8192; }
+http {
+  map \$http_x_request_id \$req_id { default \$http_x_request_id; "" \$request_id; }
+  log_format gateway '\$time_iso8601 \$remote_addr "\$request" \$status \$body_bytes_sent '
+                     '\$upstream_addr \$request_time \$req_id';
+  access_log $work/nginx-access.log gateway buffer=64k flush=1s;
+  upstream app { server 127.0.0.1:$UP1; server 127.0.0.1:$UP2; keepalive 128; }
+  server {
+    listen 127.0.0.1:$http;
+    listen 127.0.0.1:$https ssl http2;
+    ssl_certificate $work/certs/cert.pem;
+    ssl_certificate_key $work/certs/key.pem;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    server_tokens off;
+    location / {
+      proxy_pass http://app;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host \$host;
+      proxy_set_header X-Forwarded-For \$remote_addr;
+      proxy_set_header X-Real-IP \$remote_addr;
+      proxy_set_header X-Forwarded-Proto \$scheme;
+      proxy_set_header X-Forwarded-Host \$host;
+      proxy_set_header X-Request-Id \$req_id;
+      proxy_hide_header X-Request-Id;
+      add_header X-Request-Id \$req_id always;
+    }
+  }
+}
+CONF
 }
