@@ -119,8 +119,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// Sets the forwarding headers from what the gateway observed, replacing
 /// anything the client sent (a client cannot choose its own address).
 pub fn set_forwarded(headers: &mut HeaderMap, client: &ClientInfo, host: Option<HeaderValue>) {
-    // Room for the four headers below (and the request id) in one growth.
-    headers.reserve(5);
+    // Room for the four headers below in one growth.
+    headers.reserve(4);
     headers.remove(header::FORWARDED);
     let ip = HeaderValue::from_bytes(IpText::new(client.ip).as_bytes()).expect("an IP address is a valid header value");
     headers.insert(HeaderName::from_static("x-forwarded-for"), ip.clone());

@@ -72,13 +72,11 @@ pub struct StackState {
     pub limiter: Arc<RateLimiter>,
 }
 
-/// The rate-limit outcome of a request, in its response's extensions (for the access log).
-#[derive(Debug, Clone)]
-pub struct RateLimitNote {
-    /// Policy name.
-    pub policy: Arc<str>,
-    /// Outcome label.
-    pub outcome: &'static str,
+/// The rate-limit outcome of a request, for its access-log line.
+#[derive(Debug)]
+struct RateLimitNote {
+    policy: Arc<str>,
+    outcome: &'static str,
 }
 
 /// The proxying stack of the HTTPS listener (and of HTTP in `proxy` mode),
@@ -129,7 +127,7 @@ fn proxy_layers(shared: &Arc<Layers>, req: Request) -> ResponseFuture {
             // Rate limit after shedding (a flood must not cost key state
             // when the gateway is already overloaded), before any body is
             // read or upstream touched.
-            let limited = match rate_limit(state, &req, id.text()) {
+            let limited = match rate_limit(state, &req, id.text(), &mut log.rate_limit) {
                 Admission::Pass(decision) => decision,
                 Admission::Delay(decision) => {
                     tokio::time::sleep(decision.delay).await;
@@ -147,7 +145,7 @@ fn proxy_layers(shared: &Arc<Layers>, req: Request) -> ResponseFuture {
                 Err(e) => e.into_response_with(id.text()),
             };
             if let Some(decision) = limited {
-                note_rate_limit(state, &decision, &mut response);
+                write_rate_limit_fields(state, &decision, &mut response);
             }
             response
         };
@@ -233,7 +231,8 @@ enum Admission {
     Reject(Response<Body>),
 }
 
-fn rate_limit(state: &StackState, req: &Request, id: &str) -> Admission {
+/// The limiter's decision on `req`; a policy that applied is noted in `note`.
+fn rate_limit(state: &StackState, req: &Request, id: &str, note: &mut Option<RateLimitNote>) -> Admission {
     let Some(client) = req.extensions().get::<ClientInfo>() else {
         return Admission::Pass(None);
     };
@@ -243,6 +242,10 @@ fn rate_limit(state: &StackState, req: &Request, id: &str) -> Admission {
     state
         .metrics
         .rate_limit(&decision.policy.name, decision.outcome.as_str());
+    *note = Some(RateLimitNote {
+        policy: decision.policy.name.clone(),
+        outcome: decision.outcome.as_str(),
+    });
     if decision.outcome != Outcome::Rejected {
         return if decision.delay.is_zero() {
             Admission::Pass(Some(decision))
@@ -257,20 +260,16 @@ fn rate_limit(state: &StackState, req: &Request, id: &str) -> Admission {
         retry_after: decision.retry_after_secs(),
     }
     .into_response_with(id);
-    note_rate_limit(state, &decision, &mut response);
+    write_rate_limit_fields(state, &decision, &mut response);
     Admission::Reject(response)
 }
 
-/// The RateLimit fields (always on a refusal, on other answers when
-/// `rate_limit.headers`), and the outcome for the access log.
-fn note_rate_limit(state: &StackState, decision: &Decision, response: &mut Response<Body>) {
+/// The RateLimit fields: always on a refusal, on other answers when
+/// `rate_limit.headers`.
+fn write_rate_limit_fields(state: &StackState, decision: &Decision, response: &mut Response<Body>) {
     if decision.outcome == Outcome::Rejected || state.limiter.headers {
         decision.write_headers(response.headers_mut());
     }
-    response.extensions_mut().insert(RateLimitNote {
-        policy: decision.policy.name.clone(),
-        outcome: decision.outcome.as_str(),
-    });
 }
 
 /// The request with its body capped at `max_body`, or 413 when its declared
@@ -304,6 +303,7 @@ struct AccessLog {
     status: u16,
     /// The replica whose response this is; the proxy fills it in.
     upstream: Option<std::net::SocketAddr>,
+    /// The policy that applied and its outcome; the rate-limit layer fills it in.
     rate_limit: Option<RateLimitNote>,
     bytes: u64,
 }
@@ -408,6 +408,5 @@ fn observe_request(state: &ObserveState, req: &Request, id: &AssignedId) -> Acce
 fn observe_response(mut log: AccessLog, response: Response<Body>) -> Response<Body> {
     let (parts, body) = response.into_parts();
     log.status = parts.status.as_u16();
-    log.rate_limit = parts.extensions.get::<RateLimitNote>().cloned();
     Response::from_parts(parts, Body::new(Observed { inner: body, log }))
 }

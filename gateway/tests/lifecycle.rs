@@ -325,43 +325,90 @@ fn the_committed_example_configurations_are_valid() {
     }
 }
 
-#[tokio::test]
-async fn replay_reads_the_gateways_own_json_access_log() {
-    let rs = replicas(1).await;
-    let dir = tempfile::tempdir().expect("dir");
-    dev_cert(dir.path());
-    // Two ports free at once (both listeners held until both are known).
-    let (port, admin_port) = {
-        let a = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let b = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        (
-            a.local_addr().expect("addr").port(),
-            b.local_addr().expect("addr").port(),
+/// A gateway process with a JSON access log (`DIR/access.log`), plain HTTP
+/// proxied on a port fixed in its config file (`DIR/live.toml`).
+struct LoggedGateway {
+    child: std::process::Child,
+    config: String,
+    port: u16,
+}
+
+impl LoggedGateway {
+    /// Starts one in front of `rs` with `rest` (upstream tables excluded)
+    /// appended to its config, and waits until it answers.
+    async fn start(dir: &std::path::Path, rs: &[common::upstream::Replica], rest: &str) -> Self {
+        dev_cert(dir);
+        // Two ports free at once (both listeners held until both are known).
+        let (port, admin_port) = {
+            let a = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            let b = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            (
+                a.local_addr().expect("addr").port(),
+                b.local_addr().expect("addr").port(),
+            )
+        };
+        let config = config_text(
+            dir,
+            "http_mode = \"proxy\"",
+            &format!("{}\n{rest}", upstream_text(&addrs(rs), "")),
         )
-    };
-    let live = config_text(dir.path(), "http_mode = \"proxy\"", &upstream_text(&addrs(&rs), ""))
         .replace("http = \"127.0.0.1:0\"", &format!("http = \"127.0.0.1:{port}\""))
         .replace(
             "admin = \"127.0.0.1:0\"",
             &format!("admin = \"127.0.0.1:{admin_port}\""),
-        )
-        + "\n[log]\nformat = \"json\"\n";
-    std::fs::write(dir.path().join("live.toml"), &live).expect("write");
-    let log_path = dir.path().join("access.log");
-    let mut child = gateway_bin()
-        .args(["--config"])
-        .arg(dir.path().join("live.toml"))
-        .stderr(std::fs::File::create(&log_path).expect("log file"))
-        .spawn()
-        .expect("spawns");
-    let url = format!("http://127.0.0.1:{port}/whoami");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while reqwest::get(&url).await.is_err() {
-        assert!(Instant::now() < deadline, "the gateway did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        ) + "\n[log]\nformat = \"json\"\n";
+        std::fs::write(dir.join("live.toml"), &config).expect("write");
+        let child = gateway_bin()
+            .args(["--config"])
+            .arg(dir.join("live.toml"))
+            .stderr(std::fs::File::create(dir.join("access.log")).expect("log file"))
+            .spawn()
+            .expect("spawns");
+        let gateway = Self { child, config, port };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while reqwest::get(gateway.url("/whoami")).await.is_err() {
+            assert!(Instant::now() < deadline, "the gateway did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        gateway
     }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// Stops it with SIGTERM (which flushes the log) and checks it exits 0.
+    fn stop(mut self) {
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &self.child.id().to_string()])
+                .status()
+                .expect("kill")
+                .success()
+        );
+        assert!(self.child.wait().expect("exits").success());
+    }
+}
+
+/// The access-log lines in `DIR/access.log` for requests to `path`.
+fn access_lines(dir: &std::path::Path, path: &str) -> Vec<serde_json::Value> {
+    let log = std::fs::read_to_string(dir.join("access.log")).expect("log");
+    log.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["target"] == "access" && v["path"] == path)
+        .collect()
+}
+
+#[tokio::test]
+async fn replay_reads_the_gateways_own_json_access_log() {
+    let rs = replicas(1).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let gw = LoggedGateway::start(dir.path(), &rs, "").await;
     for _ in 0..30 {
-        assert_eq!(reqwest::get(&url).await.expect("sent").status(), StatusCode::OK);
+        assert_eq!(
+            reqwest::get(gw.url("/whoami")).await.expect("sent").status(),
+            StatusCode::OK
+        );
     }
     let healthcheck = gateway_bin()
         .args(["healthcheck", "--config"])
@@ -369,26 +416,16 @@ async fn replay_reads_the_gateways_own_json_access_log() {
         .status()
         .expect("runs");
     assert!(healthcheck.success(), "the running gateway is ready");
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .expect("kill")
-            .success()
-    );
-    assert!(child.wait().expect("exits").success());
+    let live = gw.config.clone();
+    gw.stop();
 
     // Each proxied request's line names the replica that answered it.
-    let log = std::fs::read_to_string(&log_path).expect("log");
-    let lines: Vec<serde_json::Value> = log
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["target"] == "access" && v["path"] == "/whoami")
-        .collect();
-    assert!(lines.len() >= 30, "{log}");
+    let lines = access_lines(dir.path(), "/whoami");
+    assert!(lines.len() >= 30, "{lines:?}");
     for line in &lines {
         assert_eq!(line["status"], 200, "{line}");
         assert_eq!(line["upstream"], rs[0].addr.to_string(), "{line}");
+        assert_eq!(line["rate_limit"], "", "{line}");
     }
 
     // The live gateway had no limit; would 5 r/s burst 2 have hurt?
@@ -399,7 +436,7 @@ async fn replay_reads_the_gateways_own_json_access_log() {
     std::fs::write(dir.path().join("proposed.toml"), proposed).expect("write");
     let out = gateway_bin()
         .args(["replay", "--log"])
-        .arg(&log_path)
+        .arg(dir.path().join("access.log"))
         .arg("--config")
         .arg(dir.path().join("proposed.toml"))
         .output()
@@ -408,4 +445,28 @@ async fn replay_reads_the_gateways_own_json_access_log() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(report.contains("1 of 1 client keys would be limited"), "{report}");
     assert!(report.contains("per_ip") && report.contains("127.0.0.1"), "{report}");
+}
+
+#[tokio::test]
+async fn access_log_lines_carry_the_rate_limit_outcome() {
+    let rs = replicas(1).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let policy = "[rate_limits.per_ip]\nrate = \"1r/m\"\nburst = 0\nnodelay = true\n";
+    let gw = LoggedGateway::start(dir.path(), &rs, policy).await;
+    let statuses = [
+        reqwest::get(gw.url("/whoami")).await.expect("sent").status(),
+        reqwest::get(gw.url("/whoami")).await.expect("sent").status(),
+    ];
+    gw.stop();
+    // The start-up probe took the one request a minute allows.
+    assert_eq!(statuses, [StatusCode::TOO_MANY_REQUESTS; 2]);
+    let lines = access_lines(dir.path(), "/whoami");
+    let outcomes: Vec<&str> = lines.iter().map(|l| l["rate_limit"].as_str().unwrap_or("?")).collect();
+    assert_eq!(
+        outcomes,
+        ["per_ip:passed", "per_ip:rejected", "per_ip:rejected"],
+        "{lines:?}"
+    );
+    assert_eq!(lines[0]["upstream"], rs[0].addr.to_string());
+    assert_eq!(lines[1]["upstream"], "", "a refusal names no replica");
 }
