@@ -30,6 +30,8 @@ COPY --from=build /out/app /usr/local/bin/app
 USER nonroot:nonroot
 ENV APP_LISTEN=0.0.0.0:8000 APP_ADMIN_LISTEN=0.0.0.0:9100 APP_DATA_DIR=/data LOG_FORMAT=json
 EXPOSE 8000
+# Liveness (/healthz): a store outage must not get the container restarted;
+# readiness (/readyz, `app healthcheck --ready`) is for the gateway.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 CMD ["/usr/local/bin/app", "healthcheck"]
 ENTRYPOINT ["/usr/local/bin/app"]
 

@@ -32,6 +32,14 @@ pub const ENV_BINDINGS: &[EnvBinding] = &[
         key: "server.shutdown_grace",
     },
     EnvBinding {
+        var: "APP_HEADER_READ_TIMEOUT",
+        key: "server.header_read_timeout",
+    },
+    EnvBinding {
+        var: "APP_IDLE_TIMEOUT",
+        key: "server.idle_timeout",
+    },
+    EnvBinding {
         var: "APP_DATA_DIR",
         key: "store.data_dir",
     },
@@ -113,6 +121,17 @@ pub struct ServerSettings {
     /// How long in-flight requests may run after SIGTERM, default 20 s.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// A request head must arrive in full within this of the connection
+    /// being accepted or, on HTTP/1.1 keep-alive, of the previous response
+    /// (`APP_HEADER_READ_TIMEOUT`), default 10 s; so it also closes HTTP/1.1
+    /// connections idle that long. See [`crate::server`].
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// A connection with no request in flight this long is closed
+    /// gracefully (`APP_IDLE_TIMEOUT`), default 60 s: what bounds idle
+    /// HTTP/2 connections (HTTP/1.1 ones close at `header_read_timeout`).
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
 }
 
 impl Default for ServerSettings {
@@ -122,6 +141,8 @@ impl Default for ServerSettings {
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9100)),
             max_body: ByteSize::mib(1),
             shutdown_grace: Duration::from_secs(20),
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -234,6 +255,8 @@ impl Validate for AppConfig {
                 problems.push(Problem::new(key, "must be greater than zero"));
             }
         };
+        positive("server.header_read_timeout", self.server.header_read_timeout);
+        positive("server.idle_timeout", self.server.idle_timeout);
         positive("store.timeout", self.store.timeout);
         positive("redis.ttl", self.redis.ttl);
         positive("redis.timeout", self.redis.timeout);
@@ -291,6 +314,26 @@ mod tests {
         assert!(c.mongodb.uri.is_none() && c.redis.url.is_none() && c.auth.api_token.is_none());
         assert_eq!(c.store.data_dir, PathBuf::from("./data"));
         assert_eq!(c.log.format, LogFormat::Text);
+        assert_eq!(c.server.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(c.server.idle_timeout, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn connection_time_bounds_come_from_the_environment_and_must_be_positive() {
+        let c = AppConfig::load(&Sources::from_pairs([
+            ("APP_HEADER_READ_TIMEOUT", "250ms"),
+            ("APP_IDLE_TIMEOUT", "2s"),
+        ]))
+        .expect("valid");
+        assert_eq!(c.server.header_read_timeout, Duration::from_millis(250));
+        assert_eq!(c.server.idle_timeout, Duration::from_secs(2));
+        let err = AppConfig::load(&Sources::from_pairs([
+            ("APP_HEADER_READ_TIMEOUT", "0s"),
+            ("APP_IDLE_TIMEOUT", "0s"),
+        ]))
+        .expect_err("invalid");
+        let keys: Vec<&str> = err.problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(keys, ["server.header_read_timeout", "server.idle_timeout"], "{err}");
     }
 
     #[test]

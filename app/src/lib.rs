@@ -11,6 +11,7 @@ pub mod domain;
 pub mod errors;
 pub mod metrics;
 pub mod routes;
+pub mod server;
 pub mod startup;
 pub mod state;
 pub mod store;

@@ -1,5 +1,11 @@
 //! `app`: loads the configuration, serves until SIGTERM/SIGINT, drains, exits.
-//! `app healthcheck`: exits 0 when this instance's `/readyz` answers 2xx.
+//! `app healthcheck`: exits 0 when this instance's `/healthz` answers 2xx:
+//! liveness, the process serves. This is the container healthcheck: a
+//! MongoDB outage must not get every replica killed and restarted (readiness
+//! would fail on all of them at once, a restart storm that fixes nothing).
+//! `app healthcheck --ready`: exits 0 when `/readyz` answers 2xx (the store
+//! answers and the app is not draining); the gateway's active health checks
+//! probe `/readyz` themselves to take unready replicas out of rotation.
 
 use app::config::AppConfig;
 use app::startup::Application;
@@ -15,10 +21,20 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    // `app healthcheck`: probe this container's own readiness (for Docker).
-    if std::env::args().nth(1).as_deref() == Some("healthcheck") {
+    // `app healthcheck [--ready]`: probe this container's own liveness
+    // (for Docker) or readiness.
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("healthcheck") {
+        let path = match args.get(1..).unwrap_or_default() {
+            [] => "/healthz",
+            [flag] if flag == "--ready" => "/readyz",
+            _ => {
+                eprintln!("usage: app healthcheck [--ready]");
+                return ExitCode::from(2);
+            }
+        };
         let target = shared::healthcheck::local_target(config.server.listen);
-        return shared::healthcheck::exit_code(target, "/readyz");
+        return shared::healthcheck::exit_code(target, path);
     }
     let _log_guard = shared::telemetry::init(config.log.format);
     let app = match Application::build(config).await {

@@ -12,8 +12,8 @@ use prometheus_client::registry::Registry;
 /// Labels of a request count.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
-    /// HTTP method.
-    pub method: String,
+    /// HTTP method, folded by [`method_label`] so the label set stays bounded.
+    pub method: &'static str,
     /// Route template (`/configs/{name}`), never the raw path, so the label
     /// set stays bounded.
     pub route: String,
@@ -24,8 +24,8 @@ pub struct RequestLabels {
 /// Labels of a latency observation.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
-    /// HTTP method.
-    pub method: String,
+    /// HTTP method, folded by [`method_label`].
+    pub method: &'static str,
     /// Route template.
     pub route: String,
 }
@@ -79,14 +79,28 @@ impl Default for Metrics {
     }
 }
 
+/// The `method` label of a request: the method itself when it is one of
+/// RFC 9110's (GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS, CONNECT,
+/// TRACE; case-sensitive, as methods are), else `OTHER`. A client can send
+/// any token as a method; labelling with it would let every invented one
+/// create series that live as long as the process.
+pub fn method_label(method: &str) -> &'static str {
+    const KNOWN: [&str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE",
+    ];
+    KNOWN.into_iter().find(|known| *known == method).unwrap_or("OTHER")
+}
+
 impl Metrics {
-    /// Counts one request and its latency.
+    /// Counts one request and its latency. `method` is folded by
+    /// [`method_label`]; `route` must come from a bounded set (route
+    /// templates, never raw paths).
     pub fn observe_request(&self, method: &str, route: &str, status: u16, seconds: f64) {
         let route = route.to_string();
-        let method = method.to_string();
+        let method = method_label(method);
         self.requests
             .get_or_create(&RequestLabels {
-                method: method.clone(),
+                method,
                 route: route.clone(),
                 status,
             })
@@ -129,5 +143,17 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("app_http_request_duration_seconds_bucket"), "{text}");
+    }
+
+    #[test]
+    fn only_known_methods_become_labels() {
+        for known in [
+            "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE",
+        ] {
+            assert_eq!(method_label(known), known);
+        }
+        for invented in ["FOOBAR", "get", "PROPFIND", ""] {
+            assert_eq!(method_label(invented), "OTHER", "{invented:?}");
+        }
     }
 }

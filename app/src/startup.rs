@@ -7,6 +7,7 @@ use crate::cache::{Cache, CacheSettings};
 use crate::config::AppConfig;
 use crate::metrics::Metrics;
 use crate::routes;
+use crate::server::{self, ConnectionLimits};
 use crate::state::AppState;
 use crate::store::DynStore;
 use crate::store::mongo::MongoStore;
@@ -27,6 +28,7 @@ pub struct Application {
     state: AppState,
     mongo: Option<Arc<MongoStore>>,
     grace: Duration,
+    limits: ConnectionLimits,
 }
 
 impl Application {
@@ -98,6 +100,10 @@ impl Application {
             state,
             mongo,
             grace: config.server.shutdown_grace,
+            limits: ConnectionLimits {
+                header_read_timeout: config.server.header_read_timeout,
+                idle_timeout: config.server.idle_timeout,
+            },
         })
     }
 
@@ -113,7 +119,8 @@ impl Application {
 
     /// Serves until `stop` is cancelled. Then readiness turns 503, the
     /// listeners stop accepting, in-flight requests get up to the grace
-    /// period, and the store and cache connections are closed.
+    /// period, and the store and cache connections are closed. Both
+    /// listeners bound slow and idle connections (see [`crate::server`]).
     pub async fn run_until_stopped(self, stop: CancellationToken) -> anyhow::Result<()> {
         let Self {
             api,
@@ -121,13 +128,12 @@ impl Application {
             state,
             mongo,
             grace,
+            limits,
         } = self;
         tracing::info!(api = %api.local_addr()?, admin = %admin.local_addr()?, "app listening");
-        let api_server =
-            axum::serve(api, routes::api(state.clone())).with_graceful_shutdown(stop.clone().cancelled_owned());
-        let admin_server =
-            axum::serve(admin, routes::admin(state.clone())).with_graceful_shutdown(stop.clone().cancelled_owned());
-        let servers = async { tokio::try_join!(api_server.into_future(), admin_server.into_future()) };
+        let api_server = server::serve(api, routes::api(state.clone()), limits, stop.clone());
+        let admin_server = server::serve(admin, routes::admin(state.clone()), limits, stop.clone());
+        let servers = async { tokio::join!(api_server, admin_server) };
         let deadline = async {
             stop.cancelled().await;
             state.draining.store(true, Ordering::Release);
@@ -135,7 +141,7 @@ impl Application {
             tokio::time::sleep(grace).await;
         };
         tokio::select! {
-            result = servers => { result?; }
+            _ = servers => {}
             () = deadline => tracing::warn!("grace period over with requests still in flight"),
         }
         if let Some(cache) = &state.cache {

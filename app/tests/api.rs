@@ -268,7 +268,7 @@ async fn search_matches_typed_values_within_one_element(app: TestApp) {
     assert_eq!(hits(&app.get("/search?data.title=a%20b+c").await.1).len(), 1);
     assert_eq!(
         app.get("/search?data.missing=x").await.1,
-        json!({ "total": 0, "results": [] })
+        json!({ "total": 0, "results": [], "next": null })
     );
 }
 
@@ -522,6 +522,32 @@ async fn metrics_are_on_the_admin_listener_only(app: TestApp) {
         );
     }
     assert_eq!(app.get("/metrics").await.0, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn invented_methods_are_counted_as_other_never_by_name() {
+    let app = spawn(Backend::Embedded).await;
+    for (method, path) in [
+        ("FOOBAR", "/configs"),
+        ("BREW", "/configs/x"),
+        ("PROPFIND", "/nowhere"),
+        ("get", "/healthz"),
+    ] {
+        let method = Method::from_bytes(method.as_bytes()).expect("a method token");
+        let response = app.http.request(method, app.url(path)).send().await.expect("sent");
+        assert!(response.status().is_client_error(), "{path}: {}", response.status());
+    }
+    app.get("/healthz").await;
+    let text = app.metrics().await;
+    for invented in ["FOOBAR", "BREW", "PROPFIND", "method=\"get\""] {
+        assert!(!text.contains(invented), "{invented} became a label:\n{text}");
+    }
+    assert!(
+        text.contains(r#"app_http_requests_total{method="OTHER",route="/configs",status="405"} 1"#),
+        "{text}"
+    );
+    assert!(text.contains(r#"method="OTHER",route="unmatched""#), "{text}");
+    assert!(text.contains(r#"method="GET",route="/healthz""#), "{text}");
 }
 
 async fn request_ids_are_echoed_or_created(app: TestApp) {

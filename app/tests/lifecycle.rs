@@ -156,3 +156,67 @@ fn the_binary_exits_zero_on_sigterm() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Kills the child process when dropped, so a failed assertion leaves no
+/// app running.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn the_healthcheck_probes_liveness_so_a_store_outage_restarts_nothing() {
+    let dir = tempfile::tempdir().expect("dir");
+    let port = common::redis::free_port();
+    let admin = common::redis::free_port();
+    // MongoDB at a port nothing listens on: the store is down, the process serves.
+    let nothing = common::redis::free_port();
+    let _app = Killed(
+        binary()
+            .env_clear()
+            .env("APP_LISTEN", format!("127.0.0.1:{port}"))
+            .env("APP_ADMIN_LISTEN", format!("127.0.0.1:{admin}"))
+            .env("APP_DATA_DIR", dir.path())
+            .env(
+                "MONGODB_URI",
+                format!("mongodb://127.0.0.1:{nothing}/?directConnection=true"),
+            )
+            .env("APP_STORE_TIMEOUT", "500ms")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawns"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "the app did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let healthcheck = |args: &[&str]| {
+        binary()
+            .env_clear()
+            .env("APP_LISTEN", format!("0.0.0.0:{port}"))
+            .arg("healthcheck")
+            .args(args)
+            .stderr(Stdio::null())
+            .status()
+            .expect("runs")
+    };
+    assert!(healthcheck(&[]).success(), "liveness must hold while the store is down");
+    assert!(
+        !healthcheck(&["--ready"]).success(),
+        "readiness must fail while the store is down"
+    );
+    let target = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let readyz = shared::healthcheck::probe(target, "/readyz", Duration::from_secs(5)).expect("answers");
+    assert_eq!(readyz, 503);
+    assert_eq!(
+        healthcheck(&["--bogus"]).code(),
+        Some(2),
+        "an unknown flag is a usage error"
+    );
+}

@@ -5,21 +5,10 @@
 mod common;
 
 use common::tcp_proxy::TcpProxy;
-use common::{Backend, Options, TestApp, assert_problem, spawn_with};
+use common::{Backend, Options, TestApp, assert_problem, mongo_addr, spawn_with};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-
-/// The `host:port` of `MONGODB_URI` (a single-host URI, as the test script makes).
-fn mongo_addr() -> SocketAddr {
-    let uri = common::mongo_uri();
-    let rest = uri.strip_prefix("mongodb://").expect("a mongodb:// URI");
-    let hostport = rest.split(['/', '?']).next().expect("host");
-    let hostport = hostport.rsplit('@').next().expect("host");
-    let hostport = hostport.replace("localhost", "127.0.0.1");
-    hostport.parse().expect("MONGODB_URI names an IP:port")
-}
 
 async fn app_behind(proxy: &TcpProxy) -> TestApp {
     spawn_with(

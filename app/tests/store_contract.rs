@@ -3,7 +3,7 @@
 
 mod common;
 
-use app::domain::{Config, ConfigName, SearchQuery};
+use app::domain::{Config, ConfigName, SearchQuery, SearchResults};
 use app::store::mongo::MongoStore;
 use app::store::sqlite::SqliteStore;
 use app::store::{Replaced, Store, StoreError};
@@ -36,7 +36,8 @@ contract!(
     list_is_sorted_and_pages_after_a_name,
     replace_is_unconditional_or_compare_and_swap,
     delete_reports_whether_it_removed,
-    search_candidates_include_every_match,
+    search_finds_every_match,
+    search_pages_by_name_then_index_and_counts_every_match,
     ping_answers,
 );
 
@@ -110,7 +111,20 @@ async fn delete_reports_whether_it_removed(store: &dyn Store) {
     assert_eq!(store.get(&name("d")).await.expect("get"), None);
 }
 
-async fn search_candidates_include_every_match(store: &dyn Store) {
+async fn search(store: &dyn Store, query: &str) -> SearchResults {
+    let query = SearchQuery::parse(Some(query)).expect("valid query");
+    store.search(&query).await.expect("search")
+}
+
+fn positions(results: &SearchResults) -> Vec<String> {
+    results
+        .results
+        .iter()
+        .map(|h| format!("{}:{}", h.name, h.data["i"]))
+        .collect()
+}
+
+async fn search_finds_every_match(store: &dyn Store) {
     store
         .insert(&config("n1", json!([{ "id": 1412, "t": true }, { "id": "x" }])))
         .await
@@ -127,16 +141,15 @@ async fn search_candidates_include_every_match(store: &dyn Store) {
         .insert(&config("n4", json!([{ "other": 1412 }])))
         .await
         .expect("insert");
-    let run = |q: &str| {
-        let query = SearchQuery::parse(Some(q)).expect("valid query");
-        async move {
-            let candidates = store.search_candidates(&query).await.expect("search");
-            query
-                .results(candidates)
-                .into_iter()
-                .map(|h| h.name.to_string())
-                .collect::<Vec<_>>()
-        }
+    let run = |q: &'static str| async move {
+        let found = search(store, &format!("{q}&limit=1000")).await;
+        assert_eq!(found.total as usize, found.results.len(), "{q}");
+        assert_eq!(found.next, None, "{q}");
+        found
+            .results
+            .into_iter()
+            .map(|h| h.name.to_string())
+            .collect::<Vec<_>>()
     };
     assert_eq!(run("data.id=1412").await, ["n1", "n2", "n3"]);
     assert_eq!(run("data.id=1412&data.t=true").await, ["n1"]);
@@ -144,6 +157,58 @@ async fn search_candidates_include_every_match(store: &dyn Store) {
     assert_eq!(run("data.z=null").await, ["n3"]);
     assert_eq!(run("name=n1").await, ["n1", "n1"]);
     assert!(run("name=n4&data.id=1412").await.is_empty());
+}
+
+async fn search_pages_by_name_then_index_and_counts_every_match(store: &dyn Store) {
+    // Inserted out of order; elements 0.. carry their index as "i".
+    let elements = |n: usize, hit: &dyn Fn(usize) -> bool| -> serde_json::Value {
+        json!(
+            (0..n)
+                .map(|i| json!({ "i": i, "k": if hit(i) { "v" } else { "w" } }))
+                .collect::<Vec<_>>()
+        )
+    };
+    store
+        .insert(&config("c", elements(3, &|_| true)))
+        .await
+        .expect("insert");
+    store
+        .insert(&config("a", elements(4, &|i| i != 1)))
+        .await
+        .expect("insert");
+    store
+        .insert(&config("b", elements(2, &|_| false)))
+        .await
+        .expect("insert");
+    store
+        .insert(&config("B", elements(1, &|_| true)))
+        .await
+        .expect("insert");
+    let all = ["B:0", "a:0", "a:2", "a:3", "c:0", "c:1", "c:2"];
+
+    let mut seen = Vec::new();
+    let mut query = "data.k=v&limit=3".to_string();
+    loop {
+        let page = search(store, &query).await;
+        assert_eq!(page.total, 7, "the total counts every page's matches: {query}");
+        assert!(page.results.len() <= 3);
+        seen.extend(positions(&page));
+        match page.next {
+            Some(next) => query = format!("data.k=v&limit=3&after={next}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen, all);
+    // A cursor inside a config's data resumes at the next element.
+    let page = search(store, "data.k=v&limit=2&after=a.0").await;
+    assert_eq!(positions(&page), ["a:2", "a:3"]);
+    assert_eq!(page.next.map(|c| c.to_string()).as_deref(), Some("a.3"));
+    // A cursor past the last match: an empty last page, the same total.
+    let page = search(store, "data.k=v&after=c.2").await;
+    assert_eq!((page.total, page.results.len(), page.next), (7, 0, None));
+    // name narrows the count too.
+    let page = search(store, "name=a&data.k=v&limit=1").await;
+    assert_eq!((page.total, positions(&page)), (3, vec!["a:0".to_string()]));
 }
 
 async fn ping_answers(store: &dyn Store) {

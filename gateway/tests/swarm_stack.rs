@@ -235,6 +235,37 @@ fn the_gateway_config_discovers_the_app_tasks_and_drains_within_the_stop_grace()
 }
 
 #[test]
+fn the_app_container_probes_liveness_and_the_gateway_probes_readiness() {
+    let stack = stack();
+    let test: Vec<&str> = stack["services"]["app"]["healthcheck"]["test"]
+        .as_sequence()
+        .expect("the app has a healthcheck")
+        .iter()
+        .map(|v| v.as_str().expect("text"))
+        .collect();
+    // `app healthcheck` probes /healthz; `--ready` would probe /readyz and
+    // get every replica restarted during a store outage.
+    assert_eq!(
+        test,
+        ["CMD", "/usr/local/bin/app", "healthcheck"],
+        "the app's container healthcheck must probe liveness"
+    );
+    let config_file = stack["configs"]["gateway_toml"]["file"].as_str().expect("config file");
+    let (_dir, path) = common::committed_config(config_file);
+    let config = GatewayConfig::load(&path).expect("the deployed config is valid");
+    let app = config
+        .upstreams
+        .values()
+        .find(|u| u.discover.as_deref().is_some_and(|d| d.starts_with("tasks.app:")))
+        .expect("an upstream discovers the app tasks");
+    assert_eq!(
+        app.health.as_ref().map(|h| h.path.as_str()),
+        Some("/readyz"),
+        "the gateway's active health checks must probe the app's readiness"
+    );
+}
+
+#[test]
 fn docker_accepts_the_stack_file() {
     let out = std::process::Command::new("docker")
         .args(["stack", "config", "-c"])

@@ -5,8 +5,10 @@ mod document;
 mod name;
 mod query;
 mod search;
+mod search_page;
 
 pub use document::{Config, DataElement, FieldError, MAX_DEPTH, merge_patch, new_config, replacement};
 pub use name::ConfigName;
 pub use query::{ListParams, QueryError, parse_query};
 pub use search::{Condition, SearchHit, SearchQuery};
+pub use search_page::{PageCollector, SearchCursor, SearchPage, SearchResults};

@@ -1,9 +1,10 @@
-//! Query-string parsing for `/configs` paging and `/search`.
+//! Query-string parsing for `/configs` paging and `/search` (with its own
+//! paging).
 //!
 //! Values are percent-decoded only (`+` stays `+`), as API.md says.
 //! Unknown or repeated parameters are errors that name the parameter.
 
-use super::{Condition, ConfigName, SearchQuery};
+use super::{Condition, ConfigName, SearchCursor, SearchPage, SearchQuery};
 use percent_encoding::percent_decode_str;
 
 /// A bad query parameter: which one, and why.
@@ -63,18 +64,7 @@ impl ListParams {
         let mut after = None;
         for (key, value) in parse_query(raw)? {
             match key.as_str() {
-                "limit" if limit.is_none() => {
-                    let n: usize = value.parse().map_err(|_| {
-                        QueryError::new("limit", format!("must be an integer from 1 to {}", Self::MAX_LIMIT))
-                    })?;
-                    if !(1..=Self::MAX_LIMIT).contains(&n) {
-                        return Err(QueryError::new(
-                            "limit",
-                            format!("must be from 1 to {}", Self::MAX_LIMIT),
-                        ));
-                    }
-                    limit = Some(n);
-                }
+                "limit" if limit.is_none() => limit = Some(parse_limit(&value)?),
                 "after" if after.is_none() => {
                     after = Some(ConfigName::parse(&value).map_err(|e| QueryError::new("after", e))?);
                 }
@@ -89,29 +79,71 @@ impl ListParams {
     }
 }
 
+/// A page size: an integer from 1 to [`ListParams::MAX_LIMIT`].
+fn parse_limit(value: &str) -> Result<usize, QueryError> {
+    let n: usize = value.parse().map_err(|_| {
+        QueryError::new(
+            "limit",
+            format!("must be an integer from 1 to {}", ListParams::MAX_LIMIT),
+        )
+    })?;
+    if !(1..=ListParams::MAX_LIMIT).contains(&n) {
+        return Err(QueryError::new(
+            "limit",
+            format!("must be from 1 to {}", ListParams::MAX_LIMIT),
+        ));
+    }
+    Ok(n)
+}
+
+/// Fills `slot` from `parse`, unless the parameter was given already.
+fn set_once<T>(
+    slot: &mut Option<T>,
+    key: &str,
+    parse: impl FnOnce() -> Result<T, QueryError>,
+) -> Result<(), QueryError> {
+    if slot.is_some() {
+        return Err(QueryError::new(key, "is given more than once"));
+    }
+    *slot = Some(parse()?);
+    Ok(())
+}
+
+/// A `data.KEY[.SUBKEY...]=VALUE` condition not among `existing`.
+fn condition(key: &str, value: String, existing: &[Condition]) -> Result<Condition, QueryError> {
+    let Some(path) = key.strip_prefix("data.") else {
+        return Err(QueryError::new(
+            key,
+            "unknown parameter (expected name, data.KEY, limit or after)",
+        ));
+    };
+    let path: Vec<String> = path.split('.').map(str::to_string).collect();
+    if let Some(why) = path.iter().find_map(|seg| super::document::check_key(seg).err()) {
+        return Err(QueryError::new(key, why));
+    }
+    if existing.iter().any(|c| c.path == path) {
+        return Err(QueryError::new(key, "is given more than once"));
+    }
+    Ok(Condition { path, value })
+}
+
 impl SearchQuery {
-    /// Parses `/search` parameters: `name` and `data.KEY[.SUBKEY...]`, at
-    /// least one, none repeated.
+    /// Parses `/search` parameters: `name` and `data.KEY[.SUBKEY...]` (at
+    /// least one of them), and the paging parameters `limit` (1..=1000,
+    /// default 100) and `after` (a previous page's `next`); none repeated.
     pub fn parse(raw: Option<&str>) -> Result<Self, QueryError> {
-        let mut name = None;
+        let (mut name, mut limit, mut after) = (None, None, None);
         let mut conditions: Vec<Condition> = Vec::new();
         for (key, value) in parse_query(raw)? {
-            if key == "name" {
-                if name.is_some() {
-                    return Err(QueryError::new(key, "is given more than once"));
-                }
-                name = Some(ConfigName::parse(&value).map_err(|e| QueryError::new("name", e))?);
-            } else if let Some(path) = key.strip_prefix("data.") {
-                let path: Vec<String> = path.split('.').map(str::to_string).collect();
-                if let Some(why) = path.iter().find_map(|seg| super::document::check_key(seg).err()) {
-                    return Err(QueryError::new(key, why));
-                }
-                if conditions.iter().any(|c| c.path == path) {
-                    return Err(QueryError::new(key, "is given more than once"));
-                }
-                conditions.push(Condition { path, value });
-            } else {
-                return Err(QueryError::new(key, "unknown parameter (expected name or data.KEY)"));
+            match key.as_str() {
+                "name" => set_once(&mut name, &key, || {
+                    ConfigName::parse(&value).map_err(|e| QueryError::new("name", e))
+                })?,
+                "limit" => set_once(&mut limit, &key, || parse_limit(&value))?,
+                "after" => set_once(&mut after, &key, || {
+                    SearchCursor::parse(&value).map_err(|e| QueryError::new("after", e))
+                })?,
+                _ => conditions.push(condition(&key, value, &conditions)?),
             }
         }
         if name.is_none() && conditions.is_empty() {
@@ -120,7 +152,11 @@ impl SearchQuery {
                 "give at least one parameter: name or data.KEY",
             ));
         }
-        Ok(Self { name, conditions })
+        let page = SearchPage {
+            limit: limit.unwrap_or(ListParams::DEFAULT_LIMIT),
+            after,
+        };
+        Ok(Self { name, conditions, page })
     }
 }
 
@@ -169,6 +205,11 @@ mod tests {
         let q = SearchQuery::parse(Some("name=a&data.k=v&data.x.y=1")).expect("ok");
         assert_eq!(q.name.expect("set").as_str(), "a");
         assert_eq!(q.conditions[1].path, ["x", "y"]);
+        assert_eq!(q.page, SearchPage::default());
+        assert_eq!(q.page.limit, 100);
+        let q = SearchQuery::parse(Some("data.k=v&limit=1000&after=b.3")).expect("ok");
+        assert_eq!(q.page.limit, 1000);
+        assert_eq!(q.page.after.expect("set").to_string(), "b.3");
     }
 
     #[test]
@@ -181,6 +222,13 @@ mod tests {
             ("name=a%20b", "name"),
             ("data.k=1&data.k=2", "data.k"),
             ("name=a&name=b", "name"),
+            ("limit=5", "query"),
+            ("name=a&limit=0", "limit"),
+            ("name=a&limit=1001", "limit"),
+            ("name=a&limit=x", "limit"),
+            ("name=a&limit=1&limit=2", "limit"),
+            ("name=a&after=a", "after"),
+            ("name=a&after=a.1&after=a.2", "after"),
         ] {
             let err = SearchQuery::parse(Some(raw)).expect_err(raw);
             assert_eq!(err.param, param, "{raw}");

@@ -1,8 +1,8 @@
 //! Search semantics, shared by every store: the store narrows candidates,
-//! this module decides exactly which elements match, so both backends give
-//! identical answers.
+//! this module decides exactly which elements match (and `search_page`
+//! which of them a page holds), so both backends give identical answers.
 
-use super::{Config, ConfigName, DataElement};
+use super::{ConfigName, DataElement, SearchPage};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -22,6 +22,8 @@ pub struct SearchQuery {
     pub name: Option<ConfigName>,
     /// All must hold for one element.
     pub conditions: Vec<Condition>,
+    /// Which page of the results (`limit`, `after`).
+    pub page: SearchPage,
 }
 
 /// One result: an element and its config's name.
@@ -70,32 +72,24 @@ impl SearchQuery {
     pub fn element_matches(&self, element: &DataElement) -> bool {
         self.conditions.iter().all(|c| c.matches(element))
     }
-
-    /// The results among `candidates` (a superset the store returned), in
-    /// the order given (stores return configs sorted by name).
-    pub fn results(&self, candidates: Vec<Config>) -> Vec<SearchHit> {
-        candidates
-            .into_iter()
-            .filter(|c| self.name.as_ref().is_none_or(|n| *n == c.name))
-            .flat_map(|config| {
-                let name = config.name;
-                config
-                    .data
-                    .into_iter()
-                    .filter(|e| self.element_matches(e))
-                    .map(move |data| SearchHit {
-                        name: name.clone(),
-                        data,
-                    })
-            })
-            .collect()
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::{Config, PageCollector, SearchCursor, SearchResults};
     use serde_json::json;
+
+    fn run(query: &str, candidates: Vec<Config>) -> SearchResults {
+        let query = SearchQuery::parse(Some(query)).expect("valid");
+        let mut page = PageCollector::new(&query);
+        candidates.into_iter().for_each(|c| page.offer(c));
+        page.finish()
+    }
+
+    fn config(value: serde_json::Value) -> Config {
+        serde_json::from_value(value).expect("valid")
+    }
 
     #[test]
     fn typed_matching_follows_the_contract() {
@@ -114,31 +108,67 @@ mod tests {
 
     #[test]
     fn all_conditions_must_hold_in_the_same_element() {
-        let q = SearchQuery::parse(Some("data.a=1&data.b=2")).expect("valid");
-        let config: Config = serde_json::from_value(json!({
-            "name": "c", "data": [{"a": 1, "b": 3}, {"a": 1, "b": 2}, {"b": 2}]
-        }))
-        .expect("valid");
-        let hits = q.results(vec![config]);
-        assert_eq!(hits.len(), 1);
-        assert_eq!(hits[0].data["b"], json!(2));
+        let c = config(json!({ "name": "c", "data": [{"a": 1, "b": 3}, {"a": 1, "b": 2}, {"b": 2}] }));
+        let found = run("data.a=1&data.b=2", vec![c]);
+        assert_eq!((found.total, found.results.len()), (1, 1));
+        assert_eq!(found.results[0].data["b"], json!(2));
     }
 
     #[test]
     fn nested_paths_follow_objects() {
-        let q = SearchQuery::parse(Some("data.x.y=ok")).expect("valid");
-        let config: Config = serde_json::from_value(json!({
-            "name": "c", "data": [{"x": {"y": "ok"}}, {"x": [{"y": "ok"}]}]
-        }))
-        .expect("valid");
-        assert_eq!(q.results(vec![config]).len(), 1);
+        let c = config(json!({ "name": "c", "data": [{"x": {"y": "ok"}}, {"x": [{"y": "ok"}]}] }));
+        assert_eq!(run("data.x.y=ok", vec![c]).total, 1);
     }
 
     #[test]
     fn name_only_returns_every_element_of_that_config() {
-        let q = SearchQuery::parse(Some("name=c")).expect("valid");
-        let c: Config = serde_json::from_value(json!({"name": "c", "data": [{"a": 1}, {"b": 2}]})).expect("valid");
-        let d: Config = serde_json::from_value(json!({"name": "d", "data": [{"a": 1}]})).expect("valid");
-        assert_eq!(q.results(vec![c, d]).len(), 2);
+        let c = config(json!({"name": "c", "data": [{"a": 1}, {"b": 2}]}));
+        let d = config(json!({"name": "d", "data": [{"a": 1}]}));
+        assert_eq!(run("name=c", vec![c, d]).results.len(), 2);
+    }
+
+    #[test]
+    fn pages_follow_name_then_index_and_count_every_match() {
+        let candidates = || {
+            vec![
+                config(json!({"name": "a", "data": [{"k": 1}, {"k": 2}, {"k": 1}]})),
+                config(json!({"name": "b", "data": [{"k": 1}]})),
+                config(json!({"name": "c", "data": [{"k": 1}, {"k": 1}]})),
+            ]
+        };
+        let positions = |r: &SearchResults| -> Vec<String> { r.results.iter().map(|h| h.name.to_string()).collect() };
+        let first = run("data.k=1&limit=2", candidates());
+        assert_eq!((first.total, positions(&first)), (5, vec!["a".into(), "a".into()]));
+        let next = first.next.expect("more pages").to_string();
+        assert_eq!(next, "a.2", "the last result is element 2 of a");
+        let second = run(&format!("data.k=1&limit=2&after={next}"), candidates());
+        assert_eq!((second.total, positions(&second)), (5, vec!["b".into(), "c".into()]));
+        let next = second.next.expect("more pages").to_string();
+        assert_eq!(next, "c.0");
+        let last = run(&format!("data.k=1&limit=2&after={next}"), candidates());
+        assert_eq!((last.total, positions(&last), last.next), (5, vec!["c".into()], None));
+        let exact = run("data.k=1&limit=5", candidates());
+        assert_eq!((exact.results.len(), exact.next), (5, None), "no empty last page");
+    }
+
+    #[test]
+    fn cursors_round_trip_and_reject_anything_else() {
+        let cursor = SearchCursor::parse("some-name_1.17").expect("valid");
+        assert_eq!((cursor.name.as_str(), cursor.index), ("some-name_1", 17));
+        assert_eq!(cursor.to_string(), "some-name_1.17");
+        for bad in [
+            "",
+            "a",
+            "a.",
+            ".1",
+            "a.b",
+            "a.+1",
+            "a.-1",
+            "a b.1",
+            "a.1.2",
+            "a.99999999999999999999999",
+        ] {
+            assert!(SearchCursor::parse(bad).is_err(), "{bad:?} accepted");
+        }
     }
 }

@@ -1,5 +1,7 @@
 //! `/configs` handlers: parse, validate through `domain`, call the store,
-//! keep the cache coherent.
+//! keep the cache coherent (every write goes through [`AppState::write`],
+//! which invalidates the cached entry even when the write's outcome is
+//! unknown).
 
 use super::extract::{Authorized, JsonBody, NameInPath};
 use crate::domain::{self, Config, ListParams};
@@ -35,8 +37,10 @@ pub async fn create(
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
     let config = domain::new_config(body).map_err(ApiError::Invalid)?;
-    state.store.insert(&config).await?;
-    state.written(&config.name).await;
+    let (store, name) = (state.store.clone(), config.name.clone());
+    let config = state
+        .write(&name, async move { store.insert(&config).await.map(|()| config) })
+        .await?;
     tracing::info!(name = %config.name, "config created");
     let location = format!("/configs/{}", config.name);
     Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(config)).into_response())
@@ -59,12 +63,11 @@ pub async fn replace(
     JsonBody(body): JsonBody,
 ) -> Result<Json<Config>, ApiError> {
     let config = domain::replacement(&name, body).map_err(ApiError::Invalid)?;
-    match state.store.replace(&config, None).await? {
-        Replaced::Done => {
-            state.written(&name).await;
-            Ok(Json(config))
-        }
-        Replaced::NotFound | Replaced::Changed => Err(ApiError::NotFound(format!("no config named {name}"))),
+    let store = state.store.clone();
+    let replace = async move { store.replace(&config, None).await.map(|r| (r, config)) };
+    match state.write(&name, replace).await? {
+        (Replaced::Done, config) => Ok(Json(config)),
+        (Replaced::NotFound | Replaced::Changed, _) => Err(ApiError::NotFound(format!("no config named {name}"))),
     }
 }
 
@@ -80,13 +83,12 @@ pub async fn patch(
     for _ in 0..PATCH_ATTEMPTS {
         let current = state.store.get(&name).await?.ok_or_else(not_found)?;
         let updated = domain::merge_patch(&current, &patch).map_err(ApiError::Invalid)?;
-        match state.store.replace(&updated, Some(&current)).await? {
-            Replaced::Done => {
-                state.written(&name).await;
-                return Ok(Json(updated));
-            }
-            Replaced::NotFound => return Err(not_found()),
-            Replaced::Changed => continue,
+        let store = state.store.clone();
+        let swap = async move { store.replace(&updated, Some(&current)).await.map(|r| (r, updated)) };
+        match state.write(&name, swap).await? {
+            (Replaced::Done, updated) => return Ok(Json(updated)),
+            (Replaced::NotFound, _) => return Err(not_found()),
+            (Replaced::Changed, _) => continue,
         }
     }
     Err(ApiError::Conflict(
@@ -100,8 +102,8 @@ pub async fn remove(
     State(state): State<AppState>,
     NameInPath(name): NameInPath,
 ) -> Result<StatusCode, ApiError> {
-    if state.store.delete(&name).await? {
-        state.written(&name).await;
+    let (store, target) = (state.store.clone(), name.clone());
+    if state.write(&name, async move { store.delete(&target).await }).await? {
         tracing::info!(%name, "config deleted");
         Ok(StatusCode::NO_CONTENT)
     } else {

@@ -9,7 +9,7 @@
 pub mod mongo;
 pub mod sqlite;
 
-use crate::domain::{Config, ConfigName, SearchQuery};
+use crate::domain::{Config, ConfigName, SearchQuery, SearchResults};
 use async_trait::async_trait;
 use std::sync::Arc;
 
@@ -64,9 +64,13 @@ pub trait Store: std::fmt::Debug + Send + Sync + 'static {
     /// Deletes a config; `false` if there was none.
     async fn delete(&self, name: &ConfigName) -> Result<bool, StoreError>;
 
-    /// A superset of the configs holding a result of `query`, sorted by
-    /// name; [`SearchQuery::results`] picks the exact elements.
-    async fn search_candidates(&self, query: &SearchQuery) -> Result<Vec<Config>, StoreError>;
+    /// The page of `query`'s results that `query.page` asks for, with the
+    /// exact count of all of them. The store narrows candidates (a superset
+    /// of the configs holding a result) and streams them, in name order,
+    /// through a [`crate::domain::PageCollector`], which picks the exact
+    /// elements: memory is bounded by the page and one candidate (plus the
+    /// driver's batch), never by the number of matches.
+    async fn search(&self, query: &SearchQuery) -> Result<SearchResults, StoreError>;
 }
 
 /// A shared store handle.

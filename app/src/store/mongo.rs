@@ -3,17 +3,24 @@
 //!
 //! Every operation is bounded by the configured timeout, and server
 //! selection by the same, so an outage is a prompt [`StoreError::Unavailable`]
-//! (a 503) rather than the driver's default 30 s wait. The unique index is
+//! (a 503) rather than the driver's default 30 s wait. The client-side
+//! bound only abandons an operation; every command that accepts it also
+//! carries the same bound as `maxTimeMS`, so MongoDB itself stops work
+//! nobody waits for any more (a slow search would otherwise keep scanning
+//! after its 503). The driver offers `maxTimeMS` on reads, counts,
+//! `findAndModify` and index builds, not on `insert`: writes by name
+//! therefore go through `findAndModify`, and inserts (one index probe and
+//! one document) rely on the client-side bound alone. The unique index is
 //! created at start-up; if MongoDB is down then, it is created before the
 //! first write once MongoDB answers, so no duplicate can ever slip in.
 
 use super::{Replaced, Store, StoreError};
-use crate::domain::{Config, ConfigName, SearchQuery};
+use crate::domain::{Config, ConfigName, PageCollector, SearchQuery, SearchResults};
 use async_trait::async_trait;
 use futures::TryStreamExt;
 use mongodb::bson::{Bson, Document, doc};
 use mongodb::error::{ErrorKind, WriteFailure};
-use mongodb::options::{ClientOptions, IndexOptions};
+use mongodb::options::{ClientOptions, CreateIndexOptions, IndexOptions, ReturnDocument};
 use mongodb::{Client, Collection, IndexModel};
 use std::future::{Future, IntoFuture};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,9 +39,21 @@ impl MongoStore {
     /// Builds the client (no I/O for plain `mongodb://` URIs) and tries to
     /// create the unique index, logging a warning if MongoDB is not there yet.
     pub async fn connect(uri: &str, database: &str, collection: &str, timeout: Duration) -> Result<Self, StoreError> {
-        let mut options = bounded(ClientOptions::parse(uri).into_future(), timeout)
+        let options = bounded(ClientOptions::parse(uri).into_future(), timeout)
             .await?
             .map_err(|e| StoreError::Internal(format!("invalid MongoDB URI: {e}")))?;
+        Self::connect_with_options(options, database, collection, timeout).await
+    }
+
+    /// [`MongoStore::connect`] from parsed client options, which may carry
+    /// more than a URI can (tests attach a command event handler to see
+    /// what is sent). The app name and the timeouts are set here.
+    pub async fn connect_with_options(
+        mut options: ClientOptions,
+        database: &str,
+        collection: &str,
+        timeout: Duration,
+    ) -> Result<Self, StoreError> {
         options.app_name = Some("app".into());
         options.server_selection_timeout = Some(timeout);
         options.connect_timeout = Some(timeout);
@@ -66,7 +85,8 @@ impl MongoStore {
                     .build(),
             )
             .build();
-        self.run(self.configs.create_index(model)).await?;
+        let bound = CreateIndexOptions::builder().max_time(self.timeout).build();
+        self.run(self.configs.create_index(model).with_options(bound)).await?;
         self.index_ready.store(true, Ordering::Release);
         tracing::info!("MongoDB unique index on name is in place");
         Ok(())
@@ -75,6 +95,12 @@ impl MongoStore {
     /// Closes the connection pool.
     pub async fn shutdown(&self) {
         self.client.clone().shutdown().await;
+    }
+
+    /// The collection as plain documents, for writes that only need to
+    /// know whether a document matched (their answer is just its `_id`).
+    fn raw(&self) -> Collection<Document> {
+        self.configs.clone_with_type()
     }
 
     async fn run<T>(&self, op: impl IntoFuture<Output = mongodb::error::Result<T>>) -> Result<T, StoreError> {
@@ -96,6 +122,11 @@ fn map_error(e: mongodb::error::Error) -> StoreError {
         }
         _ => StoreError::Unavailable(e.to_string()),
     }
+}
+
+/// `maxTimeMS` for a command written by hand.
+fn max_time_ms(timeout: Duration) -> i64 {
+    i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX)
 }
 
 fn to_bson<T: serde::Serialize>(value: &T) -> Result<Bson, StoreError> {
@@ -129,8 +160,8 @@ impl Store for MongoStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        self.run(self.client.database("admin").run_command(doc! { "ping": 1 }))
-            .await?;
+        let ping = doc! { "ping": 1, "maxTimeMS": max_time_ms(self.timeout) };
+        self.run(self.client.database("admin").run_command(ping)).await?;
         self.ensure_index().await
     }
 
@@ -143,6 +174,7 @@ impl Store for MongoStore {
                 .sort(doc! { "name": 1 })
                 .limit(limit)
                 .projection(doc! { "_id": 0 })
+                .max_time(self.timeout)
                 .await?
                 .try_collect()
                 .await
@@ -154,7 +186,8 @@ impl Store for MongoStore {
         self.run(
             self.configs
                 .find_one(doc! { "name": name.as_str() })
-                .projection(doc! { "_id": 0 }),
+                .projection(doc! { "_id": 0 })
+                .max_time(self.timeout),
         )
         .await
     }
@@ -170,8 +203,16 @@ impl Store for MongoStore {
             filter.insert("data", to_bson(&old.data)?);
         }
         let update = doc! { "$set": { "data": to_bson(&config.data)? } };
-        let result = self.run(self.configs.update_one(filter, update)).await?;
-        if result.matched_count == 1 {
+        let matched = self
+            .run(
+                self.raw()
+                    .find_one_and_update(filter, update)
+                    .projection(doc! { "_id": 1 })
+                    .return_document(ReturnDocument::Before)
+                    .max_time(self.timeout),
+            )
+            .await?;
+        if matched.is_some() {
             return Ok(Replaced::Done);
         }
         if expected.is_none() {
@@ -181,7 +222,8 @@ impl Store for MongoStore {
             .run(
                 self.configs
                     .count_documents(doc! { "name": config.name.as_str() })
-                    .limit(1),
+                    .limit(1)
+                    .max_time(self.timeout),
             )
             .await?;
         Ok(if exists == 1 {
@@ -192,35 +234,54 @@ impl Store for MongoStore {
     }
 
     async fn delete(&self, name: &ConfigName) -> Result<bool, StoreError> {
-        let result = self
-            .run(self.configs.delete_one(doc! { "name": name.as_str() }))
+        let deleted = self
+            .run(
+                self.raw()
+                    .find_one_and_delete(doc! { "name": name.as_str() })
+                    .projection(doc! { "_id": 1 })
+                    .max_time(self.timeout),
+            )
             .await?;
-        Ok(result.deleted_count == 1)
+        Ok(deleted.is_some())
     }
 
-    async fn search_candidates(&self, query: &SearchQuery) -> Result<Vec<Config>, StoreError> {
-        let mut filter = Document::new();
-        if let Some(name) = &query.name {
-            filter.insert("name", name.as_str());
-        }
-        if !query.conditions.is_empty() {
-            // Keys are validated (no '.', no leading '$'), so the joined
-            // path addresses exactly the nested keys of the condition.
-            let mut each = Document::new();
-            for cond in &query.conditions {
-                each.insert(cond.path.join("."), doc! { "$in": candidates_for(&cond.value) });
-            }
-            filter.insert("data", doc! { "$elemMatch": each });
-        }
+    async fn search(&self, query: &SearchQuery) -> Result<SearchResults, StoreError> {
+        let filter = search_filter(query);
         self.run(async {
-            self.configs
+            // One batch at a time (at most 16 MiB, MongoDB's bound), never
+            // every candidate: the collector keeps only the page.
+            let mut cursor = self
+                .configs
                 .find(filter)
                 .sort(doc! { "name": 1 })
                 .projection(doc! { "_id": 0 })
-                .await?
-                .try_collect()
-                .await
+                .max_time(self.timeout)
+                .await?;
+            let mut page = PageCollector::new(query);
+            while let Some(config) = cursor.try_next().await? {
+                page.offer(config);
+            }
+            Ok(page.finish())
         })
         .await
     }
+}
+
+/// Narrows by name and by `$elemMatch` on the conditions; typed matching
+/// is done again, exactly, by [`PageCollector`].
+fn search_filter(query: &SearchQuery) -> Document {
+    let mut filter = Document::new();
+    if let Some(name) = &query.name {
+        filter.insert("name", name.as_str());
+    }
+    if !query.conditions.is_empty() {
+        // Keys are validated (no '.', no leading '$'), so the joined
+        // path addresses exactly the nested keys of the condition.
+        let mut each = Document::new();
+        for cond in &query.conditions {
+            each.insert(cond.path.join("."), doc! { "$in": candidates_for(&cond.value) });
+        }
+        filter.insert("data", doc! { "$elemMatch": each });
+    }
+    filter
 }

@@ -6,7 +6,7 @@
 //! `busy_timeout` makes writers of several processes queue instead of fail.
 
 use super::{Replaced, Store, StoreError};
-use crate::domain::{Config, ConfigName, DataElement, SearchQuery};
+use crate::domain::{Config, ConfigName, DataElement, PageCollector, SearchQuery, SearchResults};
 use async_trait::async_trait;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use std::path::{Path, PathBuf};
@@ -232,14 +232,22 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn search_candidates(&self, query: &SearchQuery) -> Result<Vec<Config>, StoreError> {
+    async fn search(&self, query: &SearchQuery) -> Result<SearchResults, StoreError> {
         let (sql, args) = candidate_sql(query);
+        let query = query.clone();
         self.with_conn(move |c| {
             let mut stmt = c.prepare(&sql).map_err(internal)?;
-            let rows = stmt
-                .query_map(rusqlite::params_from_iter(args.iter()), |r| Ok((r.get(0)?, r.get(1)?)))
-                .map_err(internal)?;
-            collect(rows)
+            // Rows are stepped one at a time (the name index gives the
+            // order, so there is no sorter holding them all).
+            let mut rows = stmt.query(rusqlite::params_from_iter(args.iter())).map_err(internal)?;
+            let mut page = PageCollector::new(&query);
+            while let Some(row) = rows.next().map_err(internal)? {
+                let name: String = row.get(0).map_err(internal)?;
+                let data = row.get_ref(1).map_err(internal)?;
+                let data = data.as_str().map_err(|e| StoreError::Internal(e.to_string()))?;
+                page.offer(decode(name, data)?);
+            }
+            Ok(page.finish())
         })
         .await
     }
@@ -247,7 +255,7 @@ impl Store for SqliteStore {
 
 /// Narrows by name and, per condition, by the text or numeric value at the
 /// path inside some element (`json_each`). Loose on purpose: booleans and
-/// nulls come back as candidates and [`SearchQuery::results`] decides.
+/// nulls come back as candidates and [`PageCollector`] decides.
 fn candidate_sql(query: &SearchQuery) -> (String, Vec<rusqlite::types::Value>) {
     use rusqlite::types::Value as Sql;
     let mut sql = String::from("SELECT name, data FROM configs c WHERE 1");
@@ -288,4 +296,34 @@ fn candidate_sql(query: &SearchQuery) -> (String, Vec<rusqlite::types::Value>) {
     }
     sql.push_str(" ORDER BY c.name");
     (sql, args)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn search_candidates_stream_in_name_index_order_without_a_sorter() {
+        // A sorter (`USE TEMP B-TREE FOR ORDER BY`) would hold every
+        // candidate before the first one reaches the page collector.
+        let dir = tempfile::tempdir().expect("dir");
+        let store = SqliteStore::open(dir.path(), Duration::from_secs(1)).expect("open");
+        let conn = store.pool.take().expect("connection");
+        for q in [
+            "data.k=v",
+            "name=a",
+            "name=a&data.k=1&data.x.y=true",
+            "data.k=v&after=a.1&limit=5",
+        ] {
+            let query = SearchQuery::parse(Some(q)).expect("valid");
+            let (sql, args) = candidate_sql(&query);
+            let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).expect("plan");
+            let plan: Vec<String> = stmt
+                .query_map(rusqlite::params_from_iter(args.iter()), |r| r.get(3))
+                .expect("plan rows")
+                .collect::<Result<_, _>>()
+                .expect("plan text");
+            assert!(!plan.iter().any(|step| step.contains("TEMP B-TREE")), "{q}: {plan:?}");
+        }
+    }
 }

@@ -31,6 +31,16 @@ pub fn mongo_uri() -> String {
     std::env::var("MONGODB_URI").expect("MONGODB_URI is not set: run the tests with scripts/test.sh")
 }
 
+/// The `host:port` of `MONGODB_URI` (a single-host URI, as the test script makes).
+pub fn mongo_addr() -> SocketAddr {
+    let uri = mongo_uri();
+    let rest = uri.strip_prefix("mongodb://").expect("a mongodb:// URI");
+    let hostport = rest.split(['/', '?']).next().expect("host");
+    let hostport = hostport.rsplit('@').next().expect("host");
+    let hostport = hostport.replace("localhost", "127.0.0.1");
+    hostport.parse().expect("MONGODB_URI names an IP:port")
+}
+
 /// The Redis URL the test script provisioned.
 pub fn redis_url() -> String {
     std::env::var("REDIS_URL").expect("REDIS_URL is not set: run the tests with scripts/test.sh")
