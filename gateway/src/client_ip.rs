@@ -18,9 +18,10 @@ use std::net::IpAddr;
 pub struct TrustedProxies(Vec<IpNet>);
 
 impl TrustedProxies {
-    /// The given networks.
+    /// The given networks (IPv4-mapped IPv6 ones as the IPv4 networks
+    /// they map, since client addresses are compared that way).
     pub fn new(nets: Vec<IpNet>) -> Self {
-        Self(nets)
+        Self(nets.into_iter().map(crate::config::canonical_net).collect())
     }
 
     /// Whether `ip` is inside a trusted network.
@@ -165,6 +166,14 @@ mod tests {
             trusted.resolve(ip("10.0.0.1"), &xff("[2001:db8::1]:443")),
             ip("2001:db8::1")
         );
+    }
+
+    #[test]
+    fn an_ipv4_mapped_trusted_network_trusts_the_ipv4_clients_it_maps() {
+        let trusted = TrustedProxies::new(vec!["::ffff:10.0.0.0/104".parse().expect("net")]);
+        assert!(trusted.contains(ip("10.1.2.3")));
+        assert!(trusted.contains(ip("::ffff:10.1.2.3")));
+        assert!(!trusted.contains(ip("11.0.0.1")));
     }
 
     #[test]

@@ -310,8 +310,13 @@ pub struct Limits {
     pub max_connections: usize,
     /// Open connections from one client IP.
     pub max_connections_per_ip: usize,
-    /// Requests being proxied at once; past it the answer is 503.
+    /// Requests being proxied at once (until their response has been
+    /// sent); past it the answer is 503.
     pub max_requests_in_flight: usize,
+    /// Requests in flight from one client key (keyed like the rate
+    /// limiter; at most `max_requests_in_flight`); past it the answer is
+    /// 429, so one client cannot take the whole of `max_requests_in_flight`.
+    pub max_requests_in_flight_per_client: usize,
     /// Time to receive a request's headers (slowloris guard).
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,
@@ -321,6 +326,16 @@ pub struct Limits {
     /// An idle keep-alive connection is closed after this long.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// Longest wait for the next bytes of a request body; then 408 (the
+    /// client's fault, never the replica's).
+    #[serde(with = "humantime_serde")]
+    pub body_read_timeout: Duration,
+    /// Longest a response may wait for the client to take its bytes (a
+    /// blocked socket, an HTTP/2 stream without flow-control window); then
+    /// the connection is closed (the stream reset over HTTP/2) and the
+    /// upstream connection released.
+    #[serde(with = "humantime_serde")]
+    pub send_timeout: Duration,
     /// Largest request head (HTTP/1.1 buffer; HTTP/2 header list).
     pub max_header_size: ByteSize,
     /// Largest request body (413 beyond).
@@ -335,9 +350,12 @@ impl Default for Limits {
             max_connections: 20_000,
             max_connections_per_ip: 256,
             max_requests_in_flight: 10_000,
+            max_requests_in_flight_per_client: 100,
             header_read_timeout: Duration::from_secs(10),
             tls_handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
+            body_read_timeout: Duration::from_secs(10),
+            send_timeout: Duration::from_secs(30),
             max_header_size: ByteSize::kib(16),
             max_body: ByteSize::mib(1),
             h2_max_concurrent_streams: 128,
@@ -387,9 +405,20 @@ pub struct UpstreamSettings {
     pub keepalive_timeout: Duration,
     /// Idle pooled connections kept per replica.
     pub keepalive_max_idle: usize,
-    /// Idempotent request bodies up to this size are buffered so the
-    /// request can be retried after a 502/503/timeout; larger ones stream
-    /// and are retried only when the connection failed before sending.
+    /// Open connections to one replica, split evenly between the workers;
+    /// a request that finds them all busy waits in the queue.
+    pub max_connections: usize,
+    /// Requests that may wait for a connection to one replica (split like
+    /// `max_connections`); past it the answer is 503 at once.
+    pub max_queue: usize,
+    /// Longest wait in that queue; then 503.
+    #[serde(with = "humantime_serde")]
+    pub queue_timeout: Duration,
+    /// Request bodies declared at most this long are read in full before a
+    /// replica is contacted (a slow client then holds no upstream
+    /// connection), and idempotent ones can be retried after a
+    /// 502/503/timeout; larger ones stream and are retried only when the
+    /// connection failed before sending.
     pub retry_buffer: ByteSize,
     /// Active health checks; absent: passive only.
     pub health: Option<HealthSettings>,
@@ -409,6 +438,9 @@ impl Default for UpstreamSettings {
             fail_timeout: Duration::from_secs(10),
             keepalive_timeout: Duration::from_secs(60),
             keepalive_max_idle: 64,
+            max_connections: 1024,
+            max_queue: 1024,
+            queue_timeout: Duration::from_secs(5),
             retry_buffer: ByteSize::kib(64),
             health: None,
         }
@@ -519,11 +551,7 @@ impl Validate for GatewayConfig {
             ));
         }
         if let Some(tls) = &self.tls {
-            for (key, path) in [("tls.cert", &tls.cert), ("tls.key", &tls.key)] {
-                if !path.is_file() {
-                    p.push(Problem::new(key, format!("{} is not a readable file", path.display())));
-                }
-            }
+            validate_tls(tls, &mut p);
         }
         let l = &self.limits;
         for (key, n) in [
@@ -531,6 +559,10 @@ impl Validate for GatewayConfig {
             ("limits.max_connections", l.max_connections),
             ("limits.max_connections_per_ip", l.max_connections_per_ip),
             ("limits.max_requests_in_flight", l.max_requests_in_flight),
+            (
+                "limits.max_requests_in_flight_per_client",
+                l.max_requests_in_flight_per_client,
+            ),
             ("limits.h2_max_concurrent_streams", l.h2_max_concurrent_streams as usize),
         ] {
             if n == 0 {
@@ -540,6 +572,8 @@ impl Validate for GatewayConfig {
         positive(&mut p, "limits.header_read_timeout", l.header_read_timeout);
         positive(&mut p, "limits.tls_handshake_timeout", l.tls_handshake_timeout);
         positive(&mut p, "limits.idle_timeout", l.idle_timeout);
+        positive(&mut p, "limits.body_read_timeout", l.body_read_timeout);
+        positive(&mut p, "limits.send_timeout", l.send_timeout);
         if l.max_header_size.as_u64() < 8192 {
             p.push(Problem::new("limits.max_header_size", "must be at least 8KiB"));
         }
@@ -586,7 +620,7 @@ fn validate_rate_limits(c: &GatewayConfig, p: &mut Vec<Problem>) {
         .into_iter()
         .flatten()
         .any(|a| !a.ip().is_loopback());
-    if public && ci.trusted_proxies.iter().any(|n| n.prefix_len() == 0) {
+    if public && trusts_everyone(&ci.trusted_proxies) {
         p.push(Problem::new(
             "client_ip.trusted_proxies",
             "trusting every address on a public listener lets any client choose its rate-limit key",
@@ -670,6 +704,10 @@ fn validate_upstream(name: &str, u: &UpstreamSettings, p: &mut Vec<Problem>) {
             "must be below 900s (IPVS drops idle connections then)",
         ));
     }
+    if u.max_connections == 0 {
+        p.push(Problem::new(key("max_connections"), "must be at least 1"));
+    }
+    positive(p, &key("queue_timeout"), u.queue_timeout);
     if u.max_tries == 0 {
         p.push(Problem::new(key("max_tries"), "must be at least 1"));
     }
@@ -686,6 +724,51 @@ fn validate_upstream(name: &str, u: &UpstreamSettings, p: &mut Vec<Problem>) {
             p.push(Problem::new(key("health"), "thresholds must be at least 1"));
         }
     }
+}
+
+/// Loads the certificate and key exactly as start-up does, so a file that
+/// is garbage, or a key that does not match its certificate, fails
+/// validation (and `--check-config`) instead of start-up.
+fn validate_tls(tls: &TlsSettings, p: &mut Vec<Problem>) {
+    let mut readable = true;
+    for (key, path) in [("tls.cert", &tls.cert), ("tls.key", &tls.key)] {
+        if !path.is_file() {
+            p.push(Problem::new(key, format!("{} is not a readable file", path.display())));
+            readable = false;
+        }
+    }
+    if readable {
+        if let Err(e) = crate::tls::server_config(&tls.cert, &tls.key) {
+            p.push(Problem::new("tls", e.to_string()));
+        }
+    }
+}
+
+/// `net` with an IPv4-mapped IPv6 network (`::ffff:a.b.c.d/96+n`) written
+/// as the IPv4 network it maps (`a.b.c.d/n`), as client addresses are.
+pub fn canonical_net(net: IpNet) -> IpNet {
+    match net {
+        IpNet::V6(n) if n.prefix_len() >= 96 => match n.network().to_ipv4_mapped() {
+            Some(addr) => ipnet::Ipv4Net::new(addr, n.prefix_len() - 96).map_or(net, IpNet::V4),
+            None => net,
+        },
+        other => other,
+    }
+}
+
+/// Whether `nets` together cover every IPv4 or every IPv6 address (one
+/// `/0`, or pieces such as `0.0.0.0/1` + `128.0.0.0/1`), IPv4-mapped IPv6
+/// networks counting as the IPv4 networks they map.
+pub fn trusts_everyone(nets: &[IpNet]) -> bool {
+    let (mut v4, mut v6) = (Vec::new(), Vec::new());
+    for net in nets.iter().map(|n| canonical_net(*n)) {
+        match net {
+            IpNet::V4(n) => v4.push(n),
+            IpNet::V6(n) => v6.push(n),
+        }
+    }
+    ipnet::Ipv4Net::aggregate(&v4).iter().any(|n| n.prefix_len() == 0)
+        || ipnet::Ipv6Net::aggregate(&v6).iter().any(|n| n.prefix_len() == 0)
 }
 
 fn has_port(s: &str) -> bool {

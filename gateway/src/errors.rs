@@ -3,6 +3,7 @@
 //! become problem+json responses in exactly one place, [`GatewayError::into_response_with`],
 //! with the request id and never a server version.
 
+use crate::metrics::Metrics;
 use axum::body::Body;
 use http::{HeaderValue, Response, StatusCode, header};
 use serde_json::json;
@@ -38,9 +39,15 @@ pub enum GatewayError {
     /// 404: no route matches the path.
     #[error("no route for this path")]
     NoRoute,
+    /// 408: the client stopped sending its body.
+    #[error("the request body did not arrive within {0:?} of its last bytes")]
+    RequestTimeout(std::time::Duration),
     /// 413: the body is over the limit.
     #[error("request body larger than {0} bytes")]
     PayloadTooLarge(u64),
+    /// 429: the client already has its share of requests in flight.
+    #[error("too many requests in flight from this client")]
+    TooManyInFlight,
     /// 502: the replica refused, reset or sent garbage.
     #[error("upstream failed: {0}")]
     BadGateway(String),
@@ -58,6 +65,10 @@ pub enum GatewayError {
     /// 503: too many requests in flight.
     #[error("gateway overloaded")]
     Overloaded,
+    /// 503: every connection to the replica is busy and its queue is full,
+    /// or the wait for one ran out.
+    #[error("upstream {0} is at its connection limit")]
+    UpstreamBusy(String),
     /// 504: the replica did not answer in time.
     #[error("upstream did not answer within {0:?}")]
     GatewayTimeout(std::time::Duration),
@@ -67,9 +78,14 @@ impl GatewayError {
     /// Whose fault it is.
     pub fn origin(&self) -> Origin {
         match self {
-            Self::BadRequest(_) | Self::PayloadTooLarge(_) | Self::RateLimited { .. } => Origin::Client,
+            Self::BadRequest(_)
+            | Self::NoRoute
+            | Self::RequestTimeout(_)
+            | Self::PayloadTooLarge(_)
+            | Self::TooManyInFlight
+            | Self::RateLimited { .. } => Origin::Client,
             Self::BadGateway(_) | Self::GatewayTimeout(_) => Origin::Upstream,
-            Self::NoRoute | Self::NoHealthyUpstream(_) | Self::Overloaded => Origin::Gateway,
+            Self::NoHealthyUpstream(_) | Self::Overloaded | Self::UpstreamBusy(_) => Origin::Gateway,
         }
     }
 
@@ -78,18 +94,43 @@ impl GatewayError {
         match self {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::NoRoute => StatusCode::NOT_FOUND,
+            Self::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::TooManyInFlight => StatusCode::TOO_MANY_REQUESTS,
             Self::BadGateway(_) => StatusCode::BAD_GATEWAY,
-            Self::NoHealthyUpstream(_) | Self::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NoHealthyUpstream(_) | Self::Overloaded | Self::UpstreamBusy(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::GatewayTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::RateLimited { status, .. } => *status,
         }
     }
 
+    /// The label a refusal is counted under
+    /// (`gateway_refused_requests_total{reason}`).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::BadRequest(_) => "bad_request",
+            Self::NoRoute => "no_route",
+            Self::RequestTimeout(_) => "body_timeout",
+            Self::PayloadTooLarge(_) => "payload_too_large",
+            Self::TooManyInFlight => "in_flight_per_client",
+            Self::RateLimited { .. } => "rate_limited",
+            Self::BadGateway(_) => "bad_gateway",
+            Self::NoHealthyUpstream(_) => "no_healthy_upstream",
+            Self::Overloaded => "overloaded",
+            Self::UpstreamBusy(_) => "upstream_busy",
+            Self::GatewayTimeout(_) => "gateway_timeout",
+        }
+    }
+
     /// The problem+json response for a request with `request_id`. Upstream
     /// details are logged, not sent: clients learn the class, not internals.
-    pub fn into_response_with(self, request_id: &str) -> Response<Body> {
+    /// Log levels follow whose fault it is: a client's (which any client can
+    /// repeat at will) at debug, the gateway choosing not to serve at warn,
+    /// a replica failing at error.
+    /// Every answer is counted in `gateway_request_errors_total{origin,reason}`.
+    pub fn into_response_with(self, request_id: &str, metrics: &Metrics) -> Response<Body> {
         let status = self.status();
+        metrics.request_error(self.origin().as_str(), self.reason());
         let detail = match &self {
             Self::BadGateway(_) => "the upstream service failed to answer".to_string(),
             Self::NoHealthyUpstream(_) => "no healthy upstream; retry later".to_string(),
@@ -97,12 +138,15 @@ impl GatewayError {
         };
         match self.origin() {
             Origin::Client => tracing::debug!(error = %self, "client error"),
-            Origin::Upstream | Origin::Gateway => {
-                tracing::error!(error = %self, origin = self.origin().as_str(), "request failed")
-            }
+            Origin::Gateway => tracing::warn!(error = %self, "request refused"),
+            Origin::Upstream => tracing::error!(error = %self, origin = "upstream", "request failed"),
         }
-        // A refusal's Retry-After comes with the RateLimit fields instead.
-        let retry_after = matches!(self, Self::NoHealthyUpstream(_) | Self::Overloaded).then_some("1");
+        // A rate-limit refusal's Retry-After comes with the RateLimit fields instead.
+        let retry_after = matches!(
+            self,
+            Self::NoHealthyUpstream(_) | Self::Overloaded | Self::UpstreamBusy(_) | Self::TooManyInFlight
+        )
+        .then_some("1");
         problem_response(status, &detail, request_id, retry_after)
     }
 }

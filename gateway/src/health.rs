@@ -91,7 +91,7 @@ async fn probe(client: &UpstreamClient, addr: SocketAddr, path: &str, timeout: D
     // Read the body too, so the connection goes back to the pool; a probe
     // answer over 64 KiB is not a health check, and fails.
     let exchange = async {
-        let response = client.send(addr, req).await.ok()?;
+        let response = client.send(addr, req, None).await.ok()?;
         let ok = response.status().is_success();
         let body = http_body_util::Limited::new(response.into_body(), 64 * 1024);
         http_body_util::BodyExt::collect(body).await.ok()?;

@@ -10,12 +10,15 @@
 //! [`proxy`] (route, forward, retry) to a replica chosen by [`balancer`].
 
 pub mod access_log;
+pub mod activity;
 pub mod admin;
 pub mod balancer;
+pub mod client_body;
 pub mod client_ip;
 pub mod config;
 pub mod errors;
 pub mod health;
+pub mod in_flight;
 pub mod ip_text;
 pub mod metrics;
 pub mod proxy;
@@ -23,6 +26,8 @@ pub mod proxy_protocol;
 pub mod rate_limit;
 pub mod reload;
 pub mod replay;
+pub mod request_check;
+pub mod send_timeout;
 pub mod server;
 pub mod sharded;
 pub mod stack;

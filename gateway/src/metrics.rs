@@ -51,6 +51,15 @@ pub struct RefusedLabels {
     pub reason: &'static str,
 }
 
+/// An answer the gateway made itself instead of a replica's.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    /// Whose fault: `client`, `gateway` or `upstream`.
+    pub origin: &'static str,
+    /// What it was (`no_route`, `bad_request`, `body_timeout`, ...).
+    pub reason: &'static str,
+}
+
 /// A serving worker.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct WorkerLabels {
@@ -109,6 +118,10 @@ pub struct Metrics {
     pub rate_limit_keys: Family<PolicyLabels, Gauge>,
     /// Configuration reloads by result.
     pub reloads: Family<ReloadLabels, Counter>,
+    /// Requests the gateway refused or failed itself, by origin and reason
+    /// (including malformed, oversized or late requests hyper answered
+    /// before any layer saw them).
+    pub request_errors: Family<ErrorLabels, Counter>,
 }
 
 fn latency_histogram() -> ShardedHistogram {
@@ -129,6 +142,7 @@ impl Default for Metrics {
         let rate_limit_decisions = Family::<DecisionLabels, Counter>::default();
         let rate_limit_keys = Family::<PolicyLabels, Gauge>::default();
         let reloads = Family::<ReloadLabels, Counter>::default();
+        let request_errors = Family::<ErrorLabels, Counter>::default();
         registry.register("requests", "Requests by route and status class", requests.clone());
         registry.register(
             "request_duration_seconds",
@@ -164,6 +178,11 @@ impl Default for Metrics {
             rate_limit_keys.clone(),
         );
         registry.register("config_reloads", "Configuration reloads by result", reloads.clone());
+        registry.register(
+            "request_errors",
+            "Requests the gateway answered with an error itself, by origin and reason",
+            request_errors.clone(),
+        );
         Self {
             registry,
             requests,
@@ -177,6 +196,7 @@ impl Default for Metrics {
             rate_limit_decisions,
             rate_limit_keys,
             reloads,
+            request_errors,
         }
     }
 }
@@ -274,6 +294,11 @@ impl Metrics {
         self.rate_limit_keys
             .get_or_create(&labels)
             .set(i64::try_from(keys).unwrap_or(i64::MAX));
+    }
+
+    /// Counts an error answer (or a request hyper refused before the layers).
+    pub fn request_error(&self, origin: &'static str, reason: &'static str) {
+        self.request_errors.get_or_create(&ErrorLabels { origin, reason }).inc();
     }
 
     /// Counts a refused connection.

@@ -10,6 +10,7 @@
 //! been handed on, so no client ever sees bytes from two attempts.
 
 use crate::balancer::Endpoint;
+use crate::client_body::BodyWatch;
 use crate::errors::GatewayError;
 use crate::ip_text::IpText;
 use crate::metrics::Metrics;
@@ -63,8 +64,6 @@ impl Routes {
 pub struct Proxy {
     /// The routing table.
     pub routes: Routes,
-    /// Largest request body.
-    pub max_body: u64,
     /// Metrics.
     pub metrics: Arc<Metrics>,
 }
@@ -96,7 +95,27 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
     )
 }
 
-/// Removes hop-by-hop headers, including those `Connection` names.
+/// Headers a `Connection` header cannot name away: the ones the gateway
+/// owns or relies on end to end (the host, the framing, the request id and
+/// the forwarding headers). Naming them there is an attempt to strip them
+/// on the way through, not a hop-by-hop option.
+fn is_protected(name: &str) -> bool {
+    matches!(
+        name,
+        "host"
+            | "content-length"
+            | "content-type"
+            | "x-request-id"
+            | "x-forwarded-for"
+            | "x-forwarded-proto"
+            | "x-forwarded-host"
+            | "x-real-ip"
+            | "forwarded"
+    )
+}
+
+/// Removes hop-by-hop headers, including those `Connection` names (but
+/// never a protected one, see [`is_protected`]).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Most messages have none: one pass over the names instead of a
     // lookup per hop-by-hop name.
@@ -109,6 +128,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .filter(|name| !is_protected(name.as_str()))
         .collect();
     for name in named.iter().chain(HOP_BY_HOP.iter()) {
         headers.remove(name);
@@ -151,7 +171,8 @@ fn is_idempotent(method: &Method) -> bool {
 enum Replay {
     /// No body: any number of tries.
     Empty,
-    /// A small idempotent body, buffered: any number of tries.
+    /// A small body, buffered: any number of tries (after a send, only
+    /// for idempotent methods).
     Buffered(Bytes),
     /// A streamed body: reusable only until it is first read.
     Once(OnceSlot),
@@ -212,11 +233,28 @@ impl Replay {
 
 /// How one try ended, when it did not produce the final response.
 enum Failure {
+    /// Nothing was sent: the replica refused or could not be reached.
     Connect(String),
+    /// Every connection to the replica is busy (its cap and queue are
+    /// ours, not the replica's fault); nothing was sent.
+    Busy,
     Reset(String),
     Timeout,
     Status(Response<Body>),
-    BodyTooLarge,
+    /// The client's body failed: its fault, never the replica's.
+    Client,
+}
+
+/// The request as every try sends it: the rewritten head, the body in its
+/// replayable form, and what is known about the client's body.
+struct Outgoing {
+    parts: http::request::Parts,
+    /// A cheap clone (shared bytes), reused by every try without re-parsing.
+    path_and_query: http::uri::PathAndQuery,
+    /// Whether the client named a host; if not, each try names the replica.
+    has_host: bool,
+    replay: Replay,
+    watch: Option<BodyWatch>,
 }
 
 impl Proxy {
@@ -229,14 +267,67 @@ impl Proxy {
         answered_by: &mut Option<SocketAddr>,
     ) -> Result<Response<Body>, GatewayError> {
         let route = self.routes.find(req.uri().path()).ok_or(GatewayError::NoRoute)?;
+        let settings = &route.upstream.upstream.settings;
+        let mut outgoing = self.rewrite(req, settings.retry_buffer.as_u64()).await?;
+        let idempotent = is_idempotent(&outgoing.parts.method);
         let upstream = &route.upstream.upstream;
-        let settings = &upstream.settings;
+        // Replicas that failed this request (filled only when retrying).
+        let mut tried: Vec<SocketAddr> = Vec::new();
+        // The last failure and the replica it came from.
+        let mut last: Option<(Failure, SocketAddr)> = None;
+        for attempt in 0..settings.max_tries {
+            let Some(endpoint) = upstream.pick(&tried) else { break };
+            let Some(attempt_req) = outgoing.attempt(&endpoint, attempt + 1 == settings.max_tries) else {
+                break;
+            };
+            let addr = endpoint.addr;
+            // Not boxed: inside `forward`'s own boxed future, boxing it again
+            // cost an allocation and a copy (0.6% of a request's instructions).
+            let failure = match self
+                .try_once(route, endpoint, attempt_req, outgoing.watch.as_ref())
+                .await
+            {
+                Ok(response) => {
+                    *answered_by = Some(addr);
+                    return Ok(response);
+                }
+                Err(failure) => failure,
+            };
+            let replayable = idempotent && outgoing.replay.replayable_after_send();
+            let retry_reason = match &failure {
+                Failure::Connect(_) => Some("connect"),
+                Failure::Busy => Some("busy"),
+                Failure::Reset(_) if replayable => Some("reset"),
+                Failure::Timeout if replayable => Some("timeout"),
+                Failure::Status(_) if replayable => Some("status"),
+                _ => None,
+            };
+            let Some(reason) = retry_reason else {
+                last = Some((failure, addr));
+                break;
+            };
+            tried.push(addr);
+            if attempt + 1 < settings.max_tries {
+                self.metrics.retry(&upstream.name, reason);
+                tracing::warn!(upstream = %upstream.name, endpoint = %addr, reason, "retrying on another replica");
+            }
+            last = Some((failure, addr));
+        }
+        self.final_answer(route, last, outgoing.watch.as_ref(), answered_by)
+    }
+
+    /// The request rewritten for the upstream: hop-by-hop headers removed,
+    /// forwarding headers set from what the gateway observed, a `Host`
+    /// made from HTTP/2's `:authority`, and the body made replayable where
+    /// it can be.
+    async fn rewrite(&self, req: Request<Body>, retry_buffer: u64) -> Result<Outgoing, GatewayError> {
         let client = req
             .extensions()
             .get::<ClientInfo>()
             .copied()
             .ok_or_else(|| GatewayError::BadRequest("no client address".into()))?;
         let (mut parts, body) = req.into_parts();
+        let watch = parts.extensions.remove::<BodyWatch>();
         let sent_host = parts.headers.get(header::HOST).cloned();
         // HTTP/2 names the host in `:authority` instead: make it a Host header.
         let authority_host = sent_host
@@ -255,116 +346,31 @@ impl Proxy {
         if let Some(h) = authority_host {
             parts.headers.insert(header::HOST, h);
         }
-        // A cheap clone (shared bytes), reused by every try without re-parsing.
         let path_and_query = parts
             .uri
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-        let replay = self.prepare_body(&parts, body, settings.retry_buffer.as_u64()).await?;
-
-        let idempotent = is_idempotent(&parts.method);
-        // Replicas that failed this request (filled only when retrying).
-        let mut tried: Vec<SocketAddr> = Vec::new();
-        // The last failure and the replica it came from.
-        let mut last: Option<(Failure, SocketAddr)> = None;
-        for attempt in 0..settings.max_tries {
-            let Some(endpoint) = upstream.pick(&tried) else { break };
-            let Some(body) = replay.body() else { break };
-            let addr = endpoint.addr;
-            let mut attempt_req = Request::new(body);
-            *attempt_req.method_mut() = parts.method.clone();
-            // Origin form: the connection already names the replica.
-            *attempt_req.uri_mut() = Uri::from(path_and_query.clone());
-            *attempt_req.version_mut() = Version::HTTP_11;
-            // The last possible try takes the headers; earlier ones copy them.
-            *attempt_req.headers_mut() = if attempt + 1 == settings.max_tries {
-                std::mem::take(&mut parts.headers)
-            } else {
-                parts.headers.clone()
-            };
-            if !has_host {
-                // HTTP/1.0 without Host: name the replica, as nginx does.
-                if let Ok(h) = HeaderValue::from_str(endpoint.authority.as_str()) {
-                    attempt_req.headers_mut().insert(header::HOST, h);
-                }
-            }
-
-            // Not boxed: inside `forward`'s own boxed future, boxing it again
-            // cost an allocation and a copy (0.6% of a request's instructions).
-            let failure = match self.try_once(route, endpoint, attempt_req).await {
-                Ok(response) => {
-                    *answered_by = Some(addr);
-                    return Ok(response);
-                }
-                Err(failure) => failure,
-            };
-            let retry_reason = match &failure {
-                Failure::Connect(_) => Some("connect"),
-                Failure::Reset(_) if idempotent && replay.replayable_after_send() => Some("reset"),
-                Failure::Timeout if idempotent && replay.replayable_after_send() => Some("timeout"),
-                Failure::Status(_) if idempotent && replay.replayable_after_send() => Some("status"),
-                _ => None,
-            };
-            let Some(reason) = retry_reason else {
-                last = Some((failure, addr));
-                break;
-            };
-            tried.push(addr);
-            if attempt + 1 < settings.max_tries {
-                self.metrics.retry(&upstream.name, reason);
-                tracing::warn!(upstream = %upstream.name, endpoint = %addr, reason, "retrying on another replica");
-            }
-            last = Some((failure, addr));
-        }
-        match last {
-            None => Err(GatewayError::NoHealthyUpstream(upstream.name.clone())),
-            Some((Failure::Status(response), addr)) => {
-                *answered_by = Some(addr);
-                Ok(response)
-            }
-            Some((Failure::Connect(why) | Failure::Reset(why), _)) => Err(GatewayError::BadGateway(why)),
-            Some((Failure::Timeout, _)) => Err(GatewayError::GatewayTimeout(settings.response_timeout)),
-            Some((Failure::BodyTooLarge, _)) => Err(GatewayError::PayloadTooLarge(self.max_body)),
-        }
+        let replay = prepare_body(&parts, body, retry_buffer, watch.as_ref()).await?;
+        Ok(Outgoing {
+            parts,
+            path_and_query,
+            has_host,
+            replay,
+            watch,
+        })
     }
 
-    /// Decides how the body travels: empty, buffered (small, idempotent) or
-    /// streamed once. The stack has already capped it at `max_body`.
-    async fn prepare_body(
-        &self,
-        parts: &http::request::Parts,
-        body: Body,
-        retry_buffer: u64,
-    ) -> Result<Replay, GatewayError> {
-        let declared = parts
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if http_body::Body::is_end_stream(&body) || declared == Some(0) {
-            return Ok(Replay::Empty);
-        }
-        if is_idempotent(&parts.method) && declared.is_some_and(|n| n <= retry_buffer) {
-            let bytes = body
-                .collect()
-                .await
-                .map_err(|e| body_error(&e, self.max_body))?
-                .to_bytes();
-            return Ok(Replay::Buffered(bytes));
-        }
-        Ok(Replay::Once(OnceSlot {
-            body: Arc::new(Mutex::new(Some(body))),
-            started: Arc::new(AtomicBool::new(false)),
-        }))
-    }
-
-    /// One try against one replica, with passive health bookkeeping.
+    /// One try against one replica, with passive health bookkeeping: only
+    /// the replica's own faults count (refused, reset or late while it owed
+    /// us bytes, 502/503); the client's body failing, or the replica being
+    /// at the gateway's connection cap, do not.
     async fn try_once(
         &self,
         route: &Route,
         endpoint: Arc<Endpoint>,
         req: Request<Body>,
+        watch: Option<&BodyWatch>,
     ) -> Result<Response<Body>, Failure> {
         let settings = &route.upstream.upstream.settings;
         let addr = endpoint.addr;
@@ -377,19 +383,22 @@ impl Proxy {
                 tracing::warn!(upstream = %route.upstream.upstream.name, endpoint = %addr, "replica ejected after repeated failures");
             }
         };
-        let sent = tokio::time::timeout(settings.response_timeout, route.upstream.send(addr, req)).await;
+        let sent = route.upstream.send(addr, req, watch).await;
+        if watch.and_then(BodyWatch::fault).is_some() {
+            return Err(Failure::Client);
+        }
         let response = match sent {
-            Ok(Ok(response)) => response,
-            Ok(Err(SendError::Http(e))) if is_body_too_large(&e) => return Err(Failure::BodyTooLarge),
-            Ok(Err(SendError::Connect(why))) => {
+            Ok(response) => response,
+            Err(SendError::Busy) => return Err(Failure::Busy),
+            Err(SendError::Connect(why)) => {
                 count_failure();
                 return Err(Failure::Connect(why));
             }
-            Ok(Err(SendError::Http(e))) => {
+            Err(SendError::Http(e)) => {
                 count_failure();
                 return Err(Failure::Reset(error_chain(&e)));
             }
-            Err(_) => {
+            Err(SendError::Timeout) => {
                 count_failure();
                 return Err(Failure::Timeout);
             }
@@ -414,6 +423,95 @@ impl Proxy {
             Ok(response)
         }
     }
+
+    /// The answer once no try succeeded: the last replica's own 502/503 if
+    /// it sent one, else the error its failure maps to.
+    fn final_answer(
+        &self,
+        route: &Route,
+        last: Option<(Failure, SocketAddr)>,
+        watch: Option<&BodyWatch>,
+        answered_by: &mut Option<SocketAddr>,
+    ) -> Result<Response<Body>, GatewayError> {
+        let upstream = &route.upstream.upstream;
+        match last {
+            None => Err(GatewayError::NoHealthyUpstream(upstream.name.clone())),
+            Some((Failure::Status(response), addr)) => {
+                *answered_by = Some(addr);
+                Ok(response)
+            }
+            Some((Failure::Connect(why) | Failure::Reset(why), _)) => Err(GatewayError::BadGateway(why)),
+            Some((Failure::Busy, _)) => Err(GatewayError::UpstreamBusy(upstream.name.clone())),
+            Some((Failure::Timeout, _)) => Err(GatewayError::GatewayTimeout(upstream.settings.response_timeout)),
+            Some((Failure::Client, _)) => {
+                Err(client_error(watch).unwrap_or_else(|| GatewayError::BadRequest("malformed request body".into())))
+            }
+        }
+    }
+}
+
+impl Outgoing {
+    /// The request for one try at `endpoint`, or `None` when the body can
+    /// no longer be sent. The last possible try takes the headers; earlier
+    /// ones copy them.
+    fn attempt(&mut self, endpoint: &Endpoint, last: bool) -> Option<Request<Body>> {
+        let body = self.replay.body()?;
+        let mut req = Request::new(body);
+        *req.method_mut() = self.parts.method.clone();
+        // Origin form: the connection already names the replica.
+        *req.uri_mut() = Uri::from(self.path_and_query.clone());
+        *req.version_mut() = Version::HTTP_11;
+        *req.headers_mut() = if last {
+            std::mem::take(&mut self.parts.headers)
+        } else {
+            self.parts.headers.clone()
+        };
+        if !self.has_host {
+            // HTTP/1.0 without Host: name the replica, as nginx does.
+            if let Ok(h) = HeaderValue::from_str(endpoint.authority.as_str()) {
+                req.headers_mut().insert(header::HOST, h);
+            }
+        }
+        Some(req)
+    }
+}
+
+/// Decides how the body travels: empty, buffered or streamed once. A body
+/// declared at most `retry_buffer` long is read in full before any replica
+/// is contacted (as nginx's request buffering): a client slow to send it
+/// then holds no upstream connection, and an idempotent request can be
+/// retried after it was sent. Larger or unannounced bodies stream. The
+/// stack has already bounded the body (see `client_body`).
+async fn prepare_body(
+    parts: &http::request::Parts,
+    body: Body,
+    retry_buffer: u64,
+    watch: Option<&BodyWatch>,
+) -> Result<Replay, GatewayError> {
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if http_body::Body::is_end_stream(&body) || declared == Some(0) {
+        return Ok(Replay::Empty);
+    }
+    if declared.is_some_and(|n| n <= retry_buffer) {
+        return match body.collect().await {
+            Ok(collected) => Ok(Replay::Buffered(collected.to_bytes())),
+            Err(e) => Err(client_error(watch)
+                .unwrap_or_else(|| GatewayError::BadRequest(format!("cannot read the request body: {e}")))),
+        };
+    }
+    Ok(Replay::Once(OnceSlot {
+        body: Arc::new(Mutex::new(Some(body))),
+        started: Arc::new(AtomicBool::new(false)),
+    }))
+}
+
+/// The answer for a client body that failed, if it did.
+fn client_error(watch: Option<&BodyWatch>) -> Option<GatewayError> {
+    watch.and_then(BodyWatch::error)
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -425,25 +523,6 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
-}
-
-fn is_body_too_large(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = current {
-        if err.is::<http_body_util::LengthLimitError>() {
-            return true;
-        }
-        current = err.source();
-    }
-    false
-}
-
-fn body_error(e: &axum::Error, max_body: u64) -> GatewayError {
-    if is_body_too_large(e) {
-        GatewayError::PayloadTooLarge(max_body)
-    } else {
-        GatewayError::BadRequest(format!("cannot read the request body: {e}"))
-    }
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@ use crate::balancer::Upstream;
 use crate::client_ip::{KeyPrefixes, TrustedProxies};
 use crate::config::{GatewayConfig, HttpMode};
 use crate::health;
+use crate::in_flight::{ClientInFlight, InFlightLimit};
 use crate::metrics::Metrics;
 use crate::proxy::{Proxy, Route, Routes, UpstreamClient};
 use crate::rate_limit::{MonotonicClock, RateLimiter};
@@ -135,15 +136,21 @@ pub async fn build_active(
     let max_body = config.limits.max_body.as_u64();
     let proxy = Arc::new(Proxy {
         routes,
-        max_body,
         metrics: metrics.clone(),
     });
     let proxying: HttpService = stack::proxy_stack(
         StackState {
             proxy,
             metrics: metrics.clone(),
-            in_flight: Arc::new(stack::InFlightLimit::new(config.limits.max_requests_in_flight)),
+            in_flight: Arc::new(InFlightLimit::new(config.limits.max_requests_in_flight)),
+            per_client: Arc::new(ClientInFlight::new(
+                config
+                    .limits
+                    .max_requests_in_flight_per_client
+                    .min(config.limits.max_requests_in_flight),
+            )),
             max_body,
+            body_read_timeout: config.limits.body_read_timeout,
             limiter: limiter.clone(),
         },
         fixed.workers,
@@ -152,11 +159,12 @@ pub async fn build_active(
         HttpMode::Proxy => proxying.clone(),
         HttpMode::Redirect | HttpMode::Off => stack::redirect_stack(
             metrics.clone(),
+            limiter.clone(),
             config.server.redirect_https_port.unwrap_or(fixed.https_port),
         ),
     };
     let generation = Arc::new(Generation {
-        builder: hyper_builder(&config.limits),
+        builder: hyper_builder(&config.limits, metrics.clone()),
         limits: config.limits.clone(),
         trusted: TrustedProxies::new(config.client_ip.trusted_proxies.clone()),
         tls,
@@ -233,6 +241,11 @@ pub fn restart_needed(old: &GatewayConfig, new: &GatewayConfig) -> Vec<&'static 
     }
     if old.client_ip.proxy_protocol != new.client_ip.proxy_protocol {
         keys.push("client_ip.proxy_protocol");
+    }
+    let prefixes = |c: &GatewayConfig| (c.client_ip.ipv4_prefix, c.client_ip.ipv6_prefix);
+    if prefixes(old) != prefixes(new) {
+        // The rate limiter takes the new prefixes at once.
+        keys.push("client_ip.ipv4_prefix / ipv6_prefix (connection caps)");
     }
     if old.log.format != new.log.format {
         keys.push("log.format");

@@ -4,23 +4,27 @@
 //! client address in request extensions, and per-connection graceful
 //! shutdown when the stop token fires.
 
-use crate::client_ip::TrustedProxies;
+use crate::activity::{Activity, SendContext};
+use crate::client_body::Lingering;
+use crate::client_ip::{KeyPrefixes, TrustedProxies};
 use crate::config::{ClientIpSettings, Limits};
 use crate::metrics::{Metrics, WorkerLabels};
 use crate::proxy_protocol;
+use crate::rate_limit::Key;
+use crate::send_timeout::{self, StreamExecutor, TimedIo};
 use axum::body::Body;
 use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use shared::shutdown::{CancellationToken, TaskTracker};
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
@@ -66,58 +70,72 @@ impl std::fmt::Debug for HttpService {
     }
 }
 
-/// Open-connection accounting: a global cap and a per-IP cap.
+/// Open-connection accounting: a global cap, and a cap per client key
+/// (the client's address grouped like the rate limiter's keys: an IPv6
+/// client's whole /64 shares one cap). Behind a PROXY-protocol balancer the
+/// client is the address its header carries, not the balancer's.
 #[derive(Debug)]
 pub struct ConnectionLimits {
     global: Arc<Semaphore>,
-    per_ip: Mutex<HashMap<IpAddr, usize>>,
-    max_per_ip: usize,
+    per_key: Mutex<HashMap<Key, usize>>,
+    max_per_key: usize,
+    prefixes: KeyPrefixes,
 }
 
-/// One open connection's share of the limits; released on drop.
+/// One open connection's place under the global cap; released on drop.
 #[derive(Debug)]
 pub struct ConnectionSlot {
     _global: OwnedSemaphorePermit,
-    limits: Arc<ConnectionLimits>,
-    ip: IpAddr,
+    client: Option<(Arc<ConnectionLimits>, Key)>,
 }
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
-        let mut map = self.limits.per_ip.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = map.get_mut(&self.ip) {
+        let Some((limits, key)) = &self.client else { return };
+        let mut map = limits.per_key.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = map.get_mut(key) {
             *n -= 1;
             if *n == 0 {
-                map.remove(&self.ip);
+                map.remove(key);
             }
         }
     }
 }
 
 impl ConnectionLimits {
-    /// Limits from the configuration.
-    pub fn new(limits: &Limits) -> Arc<Self> {
+    /// Limits from the configuration, keyed with `prefixes`.
+    pub fn new(limits: &Limits, prefixes: KeyPrefixes) -> Arc<Self> {
         Arc::new(Self {
             global: Arc::new(Semaphore::new(limits.max_connections)),
-            per_ip: Mutex::new(HashMap::new()),
-            max_per_ip: limits.max_connections_per_ip,
+            per_key: Mutex::new(HashMap::new()),
+            max_per_key: limits.max_connections_per_ip,
+            prefixes,
         })
     }
 
-    /// A slot for a connection from `ip`, or the name of the cap it hits.
-    pub fn acquire(self: &Arc<Self>, ip: IpAddr) -> Result<ConnectionSlot, &'static str> {
+    /// A place under the global cap, or the name of the cap.
+    pub fn acquire(self: &Arc<Self>) -> Result<ConnectionSlot, &'static str> {
         let global = self.global.clone().try_acquire_owned().map_err(|_| "max_connections")?;
-        let mut map = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
-        let n = map.entry(ip).or_insert(0);
-        if *n >= self.max_per_ip {
+        Ok(ConnectionSlot {
+            _global: global,
+            client: None,
+        })
+    }
+
+    /// Counts `slot` against the cap of the client at `ip`, or names the cap.
+    pub fn admit(self: &Arc<Self>, slot: &mut ConnectionSlot, ip: IpAddr) -> Result<(), &'static str> {
+        let key = self.prefixes.key(ip);
+        let mut map = self.per_key.lock().unwrap_or_else(|e| e.into_inner());
+        let n = map.entry(key).or_insert(0);
+        if *n >= self.max_per_key {
+            if *n == 0 {
+                map.remove(&key);
+            }
             return Err("max_connections_per_ip");
         }
         *n += 1;
-        Ok(ConnectionSlot {
-            _global: global,
-            limits: self.clone(),
-            ip,
-        })
+        slot.client = Some((self.clone(), key));
+        Ok(())
     }
 }
 
@@ -128,7 +146,7 @@ pub struct Generation {
     /// Timeouts and sizes for new connections.
     pub limits: Limits,
     /// hyper's connection builder, enforcing `limits`.
-    pub builder: auto::Builder<TokioExecutor>,
+    pub builder: auto::Builder<StreamExecutor>,
     /// Peers whose forwarding headers are believed.
     pub trusted: TrustedProxies,
     /// TLS for new handshakes on the HTTPS listener.
@@ -160,9 +178,10 @@ pub enum Listener {
     Http,
 }
 
-/// A hyper builder enforcing `limits`.
-pub fn hyper_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+/// A hyper builder enforcing `limits`; HTTP/2 streams run under the send
+/// timeout (see `send_timeout`).
+pub fn hyper_builder(limits: &Limits, metrics: Arc<Metrics>) -> auto::Builder<StreamExecutor> {
+    let mut builder = auto::Builder::new(StreamExecutor::new(limits.send_timeout, metrics));
     let max_header = usize::try_from(limits.max_header_size.as_u64()).unwrap_or(usize::MAX);
     builder
         .http1()
@@ -207,8 +226,12 @@ impl ServerContext {
         stop: CancellationToken,
         tracker: TaskTracker,
     ) -> Self {
+        let prefixes = KeyPrefixes {
+            v4: client_ip.ipv4_prefix,
+            v6: client_ip.ipv6_prefix,
+        };
         Self {
-            connections: ConnectionLimits::new(limits),
+            connections: ConnectionLimits::new(limits, prefixes),
             metrics,
             stop,
             tracker,
@@ -239,26 +262,37 @@ pub async fn accept_loop(listener: TcpListener, kind: Listener, current: Current
                 continue;
             }
         };
-        let slot = match ctx.connections.acquire(peer.ip()) {
+        let mut slot = match ctx.connections.acquire() {
             Ok(slot) => slot,
             Err(reason) => {
-                ctx.metrics.refuse(reason);
-                tracing::debug!(%peer, reason, "connection refused");
+                refuse(&ctx, peer, reason);
                 continue;
             }
         };
+        // Without PROXY headers the peer is the client: refuse at once.
+        // With them, the client is known only once its header is read.
+        if !ctx.proxy_protocol {
+            if let Err(reason) = ctx.connections.admit(&mut slot, peer.ip()) {
+                refuse(&ctx, peer, reason);
+                continue;
+            }
+        }
         let _ = stream.set_nodelay(true);
         accepted_here.inc();
         let (ctx2, current, stop) = (ctx.clone(), current.clone(), stop.clone());
         ctx.tracker.spawn(async move {
             ctx2.metrics.connections.inc();
-            handle(stream, peer, kind, current, &ctx2, &stop).await;
+            handle(stream, peer, kind, current, &ctx2, &stop, slot).await;
             ctx2.metrics.connections.dec();
-            drop(slot);
         });
     }
     stop.raise();
     tracing::debug!("listener closed");
+}
+
+fn refuse(ctx: &ServerContext, peer: SocketAddr, reason: &'static str) {
+    ctx.metrics.refuse(reason);
+    tracing::debug!(%peer, reason, "connection refused");
 }
 
 /// The stop signal as one accept loop's connections watch it. A connection
@@ -318,29 +352,39 @@ async fn connection_source(
     }
 }
 
+/// Serves one accepted connection, holding `slot` (its place under the
+/// connection caps) until it closes.
 async fn handle(
     mut stream: TcpStream,
     peer: SocketAddr,
     kind: Listener,
     current: Current,
-    ctx: &ServerContext,
+    ctx: &Arc<ServerContext>,
     stop: &StopSignal,
+    mut slot: ConnectionSlot,
 ) {
     let generation = current.load_full();
     let Some(source) = connection_source(&mut stream, peer, &generation, ctx).await else {
         return;
     };
+    if ctx.proxy_protocol {
+        if let Err(reason) = ctx.connections.admit(&mut slot, source) {
+            refuse(ctx, peer, reason);
+            return;
+        }
+    }
     let info = ClientInfo {
         peer,
         ip: source,
         tls: kind == Listener::Https,
     };
+    let stream = TimedIo::new(stream, generation.limits.send_timeout);
     match (kind, &generation.tls) {
-        (Listener::Http, _) => serve(stream, info, kind, current, &generation, stop).await,
+        (Listener::Http, _) => serve(stream, info, kind, current, &generation, stop, ctx).await,
         (Listener::Https, None) => tracing::error!("HTTPS connection without a TLS configuration; closing"),
         (Listener::Https, Some(acceptor)) => {
             match tokio::time::timeout(generation.limits.tls_handshake_timeout, acceptor.accept(stream)).await {
-                Ok(Ok(tls_stream)) => serve(tls_stream, info, kind, current, &generation, stop).await,
+                Ok(Ok(tls_stream)) => serve(tls_stream, info, kind, current, &generation, stop, ctx).await,
                 Ok(Err(error)) => {
                     ctx.metrics.refuse("tls_handshake");
                     tracing::debug!(%peer, %error, "TLS handshake failed");
@@ -354,43 +398,38 @@ async fn handle(
     }
 }
 
-/// Activity of one connection, for the idle timeout.
-#[derive(Debug)]
-struct Activity {
-    started: Instant,
-    active: AtomicUsize,
-    last_millis: AtomicU64,
-}
-
-impl Activity {
-    fn touch(&self) {
-        let ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_millis.store(ms, Ordering::Relaxed);
-    }
-
-    /// When the connection becomes idle-expired if nothing happens.
-    fn deadline(&self, idle: Duration) -> tokio::time::Instant {
-        let last = Duration::from_millis(self.last_millis.load(Ordering::Relaxed));
-        tokio::time::Instant::from_std(self.started + last + idle)
-    }
-
-    fn is_idle(&self, idle: Duration) -> bool {
-        self.active.load(Ordering::Relaxed) == 0 && tokio::time::Instant::now() >= self.deadline(idle)
-    }
-}
-
-async fn serve<I>(io: I, info: ClientInfo, kind: Listener, current: Current, generation: &Generation, stop: &StopSignal)
-where
+/// Serves one connection with hyper until it ends: the idle timeout
+/// closes it gracefully once nothing has been answered or sent for
+/// `idle_timeout` (then, should anything still hold it open, such as an
+/// HTTP/2 stream's last bytes the client will not take, it is dropped after
+/// `send_timeout`), and the stop signal closes it gracefully at shutdown.
+async fn serve<I>(
+    io: I,
+    info: ClientInfo,
+    kind: Listener,
+    current: Current,
+    generation: &Generation,
+    stop: &StopSignal,
+    ctx: &ServerContext,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let activity = Arc::new(Activity {
-        started: Instant::now(),
-        active: AtomicUsize::new(0),
-        last_millis: AtomicU64::new(0),
-    });
+    let activity = Arc::new(Activity::default());
     let tracked = activity.clone();
+    let linger = (generation.limits.body_read_timeout, generation.limits.max_body.as_u64());
     let hyper_service = hyper::service::service_fn(move |req: Request<Incoming>| {
-        let mut req = req.map(Body::new);
+        let mut req = if req.version() == http::Version::HTTP_2 && !http_body::Body::is_end_stream(req.body()) {
+            // An answer that comes before the body must still reach the client.
+            req.map(|body| {
+                Body::new(Lingering::new(
+                    Body::new(body),
+                    linger.0,
+                    linger.1.saturating_mul(LINGER_BODIES),
+                ))
+            })
+        } else {
+            req.map(Body::new)
+        };
         // Each request runs on the generation in force when it arrives.
         let now = current.load();
         let ip = now.trusted.resolve(info.ip, req.headers());
@@ -399,15 +438,18 @@ where
             Listener::Https => now.proxying.call(req),
             Listener::Http => now.plain.call(req),
         };
-        let activity = tracked.clone();
-        activity.active.fetch_add(1, Ordering::Relaxed);
+        let answered = RequestAnswered(tracked.clone());
+        answered.0.request_started();
         async move {
             let response = call.await;
-            activity.active.fetch_sub(1, Ordering::Relaxed);
-            activity.touch();
+            drop(answered);
             Ok::<_, Infallible>(response)
         }
     });
+    let context = SendContext {
+        connection: activity.clone(),
+        stream: None,
+    };
     let conn = generation.builder.serve_connection(TokioIo::new(io), hyper_service);
     tokio::pin!(conn);
     // Made before the flag is first read: a raise after that still wakes it.
@@ -416,22 +458,31 @@ where
     let idle = generation.limits.idle_timeout;
     let idle_timer = tokio::time::sleep_until(activity.deadline(idle));
     tokio::pin!(idle_timer);
-    let mut closing = false;
+    let mut closing = Closing::No;
     // Wakers for the stop signal and the idle timer are registered once
     // (again after the timer moves); other wake-ups, nearly all for the
     // connection, read two flags after polling it.
     let mut registered = false;
     let result = std::future::poll_fn(|cx| {
         loop {
-            if let Poll::Ready(result) = conn.as_mut().poll(cx) {
-                return Poll::Ready(result);
+            if let Poll::Ready(result) = context.enter(|| conn.as_mut().poll(cx)) {
+                return Poll::Ready(Some(result));
             }
-            if closing {
-                return Poll::Pending;
+            match closing {
+                Closing::Stopping => return Poll::Pending,
+                Closing::Idle => {
+                    // Idle and still open: only bytes the client will not
+                    // take are left. They get one send timeout.
+                    return match idle_timer.as_mut().poll(cx) {
+                        Poll::Ready(()) => Poll::Ready(None),
+                        Poll::Pending => Poll::Pending,
+                    };
+                }
+                Closing::No => {}
             }
             if stop.is_raised() {
                 conn.as_mut().graceful_shutdown();
-                closing = true;
+                closing = Closing::Stopping;
                 continue;
             }
             if !registered {
@@ -445,7 +496,10 @@ where
             }
             if activity.is_idle(idle) {
                 conn.as_mut().graceful_shutdown();
-                closing = true;
+                closing = Closing::Idle;
+                idle_timer
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + generation.limits.send_timeout);
             } else {
                 // Requests are running: look again one idle period from now.
                 activity.touch();
@@ -455,7 +509,49 @@ where
         }
     })
     .await;
-    if let Err(error) = result {
-        tracing::debug!(peer = %info.peer, %error, "connection ended with an error");
+    match result {
+        Some(Ok(())) => {}
+        Some(Err(error)) => count_connection_error(&*error, info.peer, &ctx.metrics),
+        None => tracing::debug!(peer = %info.peer, "idle connection dropped: its last bytes were not taken in time"),
     }
+}
+
+/// How much of an HTTP/2 request body answered early is drained, in
+/// `max_body`s (64 MiB by default) before its stream is reset.
+const LINGER_BODIES: u64 = 64;
+
+/// Why a connection is closing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Closing {
+    No,
+    /// At shutdown: in-flight requests get the drain's grace period.
+    Stopping,
+    /// Idle: what is left gets one send timeout.
+    Idle,
+}
+
+/// Counts a request's answer (its head is out, or it was dropped).
+struct RequestAnswered(Arc<Activity>);
+
+impl Drop for RequestAnswered {
+    fn drop(&mut self) {
+        self.0.request_answered();
+    }
+}
+
+/// Counts what ended a connection with an error when it was the client's
+/// doing: hyper answers a malformed (400) or oversized (431) head, or a
+/// late one, before any layer sees a request.
+fn count_connection_error(error: &(dyn std::error::Error + 'static), peer: SocketAddr, metrics: &Metrics) {
+    let reason = match error.downcast_ref::<hyper::Error>() {
+        Some(e) if e.is_parse_too_large() => Some("header_too_large"),
+        Some(e) if e.is_parse() => Some("bad_request"),
+        Some(e) if e.is_timeout() => Some("header_timeout"),
+        _ if send_timeout::is_send_timeout(error) => Some("send_timeout"),
+        _ => None,
+    };
+    if let Some(reason) = reason {
+        metrics.request_error("client", reason);
+    }
+    tracing::debug!(%peer, %error, reason, "connection ended with an error");
 }

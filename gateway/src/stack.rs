@@ -2,60 +2,24 @@
 //! with the reason it sits where it does.
 
 use crate::access_log;
+use crate::activity::BodyReport;
+use crate::client_body::ClientBody;
 use crate::errors::GatewayError;
+use crate::in_flight::{ClientInFlight, ClientSlots, InFlightLimit};
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::proxy::Proxy;
 use crate::rate_limit::{Decision, Outcome, RateLimiter};
+use crate::request_check;
 use crate::server::{ClientInfo, HttpService, ResponseFuture};
 use axum::body::Body;
 use axum::extract::Request;
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
-use http_body_util::Limited;
+use std::cell::Cell;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Instant;
-
-/// Requests allowed in flight at once (`limits.max_requests_in_flight`):
-/// one count taken with one atomic add, no lock and no queue (nobody
-/// waits: over the limit is a 503). tokio's semaphore locked its waiter
-/// list on every release.
-#[derive(Debug)]
-pub struct InFlightLimit {
-    count: AtomicUsize,
-    max: usize,
-}
-
-impl InFlightLimit {
-    /// A limit of `max` requests.
-    pub fn new(max: usize) -> Self {
-        Self {
-            count: AtomicUsize::new(0),
-            max,
-        }
-    }
-
-    /// A place, held until the permit drops; `None` when all are taken.
-    pub fn try_acquire(&self) -> Option<InFlightPermit<'_>> {
-        if self.count.fetch_add(1, Ordering::Relaxed) >= self.max {
-            self.count.fetch_sub(1, Ordering::Relaxed);
-            return None;
-        }
-        Some(InFlightPermit(self))
-    }
-}
-
-/// One request's place under an [`InFlightLimit`].
-#[derive(Debug)]
-pub struct InFlightPermit<'a>(&'a InFlightLimit);
-
-impl Drop for InFlightPermit<'_> {
-    fn drop(&mut self) {
-        self.0.count.fetch_sub(1, Ordering::Relaxed);
-    }
-}
 
 /// What the layers share.
 #[derive(Debug, Clone)]
@@ -66,8 +30,12 @@ pub struct StackState {
     pub metrics: Arc<Metrics>,
     /// Requests allowed in flight at once.
     pub in_flight: Arc<InFlightLimit>,
+    /// Each client's share of them.
+    pub per_client: Arc<ClientInFlight>,
     /// Largest request body.
     pub max_body: u64,
+    /// Longest wait for the next bytes of a request body.
+    pub body_read_timeout: std::time::Duration,
     /// The rate limiter.
     pub limiter: Arc<RateLimiter>,
 }
@@ -116,18 +84,21 @@ fn proxy_layers(shared: &Arc<Layers>, req: Request) -> ResponseFuture {
     // Access log and metrics see the final status, errors included, and the
     // whole response body (bytes, time to last byte).
     let mut log = observe_request(&shared.observe, &req, &id);
-    let shared = shared.clone();
+    // In-flight places go back when the response has been sent (they ride
+    // on its body) or when the client goes away first.
+    let places = Places::new(shared.clone());
     Box::pin(async move {
-        let state = &shared.state;
+        let state = &places.layers.state;
+        let refuse = |e: GatewayError| e.into_response_with(id.text(), &state.metrics);
         let response = 'layers: {
             // Shed load before doing any work for the request.
-            let Some(_permit) = state.in_flight.try_acquire() else {
-                break 'layers GatewayError::Overloaded.into_response_with(id.text());
-            };
+            if !places.take_global() {
+                break 'layers refuse(GatewayError::Overloaded);
+            }
             // Rate limit after shedding (a flood must not cost key state
-            // when the gateway is already overloaded), before any body is
-            // read or upstream touched.
-            let limited = match rate_limit(state, &req, id.text(), &mut log.rate_limit) {
+            // when the gateway is already overloaded), before anything else
+            // is done for the request, whatever its target.
+            let limited = match rate_limit(&state.limiter, &state.metrics, &req, id.text(), &mut log.rate_limit) {
                 Admission::Pass(decision) => decision,
                 Admission::Delay(decision) => {
                     tokio::time::sleep(decision.delay).await;
@@ -135,38 +106,105 @@ fn proxy_layers(shared: &Arc<Layers>, req: Request) -> ResponseFuture {
                 }
                 Admission::Reject(response) => break 'layers response,
             };
-            // Refuse oversized bodies before the proxy streams them anywhere.
+            // Refuse what cannot be forwarded as sent (target, hosts)
+            // before it costs a client place.
+            if let Err(e) = request_check::check(&req) {
+                break 'layers refuse(e);
+            }
+            // One client's share of the in-flight places, after its rate
+            // (a refused request never holds one).
+            if !places.take_client(&req) {
+                break 'layers refuse(GatewayError::TooManyInFlight);
+            }
+            // Bound the body before the proxy streams it anywhere.
             let mut response = match limit_body(state, req) {
                 // Boxed: the proxy's future is most of a request's state,
                 // and this one would otherwise carry (and copy) its size.
                 Ok(req) => Box::pin(state.proxy.forward(req, &mut log.upstream))
                     .await
-                    .unwrap_or_else(|e| e.into_response_with(id.text())),
-                Err(e) => e.into_response_with(id.text()),
+                    .unwrap_or_else(refuse),
+                Err(e) => refuse(e),
             };
             if let Some(decision) = limited {
-                write_rate_limit_fields(state, &decision, &mut response);
+                write_rate_limit_fields(&state.limiter, &decision, &mut response);
             }
             response
         };
+        log.places = Some(places);
         id.stamp(observe_response(log, response))
     })
 }
 
+/// The in-flight places a request holds; given back when dropped.
+struct Places {
+    layers: Arc<Layers>,
+    global: Cell<bool>,
+    client: Cell<Option<ClientSlots>>,
+}
+
+impl Places {
+    fn new(layers: Arc<Layers>) -> Self {
+        Self {
+            layers,
+            global: Cell::new(false),
+            client: Cell::new(None),
+        }
+    }
+
+    /// A place under `limits.max_requests_in_flight`.
+    fn take_global(&self) -> bool {
+        let taken = self.layers.state.in_flight.try_take();
+        self.global.set(taken);
+        taken
+    }
+
+    /// A place under the client's share, keyed like the rate limiter.
+    fn take_client(&self, req: &Request) -> bool {
+        let Some(client) = req.extensions().get::<ClientInfo>() else {
+            return true;
+        };
+        let state = &self.layers.state;
+        let slots = state.per_client.try_take(state.limiter.key(client.ip));
+        self.client.set(slots);
+        slots.is_some()
+    }
+}
+
+impl Drop for Places {
+    fn drop(&mut self) {
+        let state = &self.layers.state;
+        if self.global.get() {
+            state.in_flight.release();
+        }
+        if let Some(slots) = self.client.get() {
+            state.per_client.release(slots);
+        }
+    }
+}
+
 /// The stack of the plain-HTTP listener in `redirect` mode: 308 to https,
-/// with a request id and an access-log line like every answer.
-pub fn redirect_stack(metrics: Arc<Metrics>, https_port: u16) -> HttpService {
+/// with a request id and an access-log line like every answer, rate limited
+/// like the proxying stack, and only for targets that are paths.
+pub fn redirect_stack(metrics: Arc<Metrics>, limiter: Arc<RateLimiter>, https_port: u16) -> HttpService {
     let observe_state = ObserveState::new(&metrics, std::iter::empty(), "redirect");
     HttpService::new(move |req: Request| {
         let (req, id) = assign_request_id(req);
-        let log = observe_request(&observe_state, &req, &id);
-        let response = redirect(&req, https_port).unwrap_or_else(|e| e.into_response_with(id.text()));
+        let mut log = observe_request(&observe_state, &req, &id);
+        let response = match rate_limit(&limiter, &metrics, &req, id.text(), &mut log.rate_limit) {
+            // A redirect is never held: a delay would only slow the answer.
+            Admission::Pass(_) | Admission::Delay(_) => {
+                redirect(&req, https_port).unwrap_or_else(|e| e.into_response_with(id.text(), &metrics))
+            }
+            Admission::Reject(response) => response,
+        };
         Box::pin(std::future::ready(id.stamp(observe_response(log, response))))
     })
 }
 
-/// `https://HOST[:PORT]/PATH?QUERY` for the request, or 400 without a host.
+/// `https://HOST[:PORT]/PATH?QUERY` for the request, or 400 when it is not
+/// one to redirect (see `request_check`) or names no host.
 fn redirect(req: &Request, https_port: u16) -> Result<Response<Body>, GatewayError> {
+    request_check::check(req)?;
     let host = req
         .headers()
         .get(header::HOST)
@@ -232,16 +270,23 @@ enum Admission {
 }
 
 /// The limiter's decision on `req`; a policy that applied is noted in `note`.
-fn rate_limit(state: &StackState, req: &Request, id: &str, note: &mut Option<RateLimitNote>) -> Admission {
+/// A target that is not a path (`*`, `host:port`) is limited as `/`, the
+/// most general rule: every request passes the limiter, whatever it names.
+fn rate_limit(
+    limiter: &RateLimiter,
+    metrics: &Metrics,
+    req: &Request,
+    id: &str,
+    note: &mut Option<RateLimitNote>,
+) -> Admission {
     let Some(client) = req.extensions().get::<ClientInfo>() else {
         return Admission::Pass(None);
     };
-    let Some(decision) = state.limiter.check(client.ip, req.method(), req.uri().path()) else {
+    let path = Some(req.uri().path()).filter(|p| p.starts_with('/')).unwrap_or("/");
+    let Some(decision) = limiter.check(client.ip, req.method(), path) else {
         return Admission::Pass(None);
     };
-    state
-        .metrics
-        .rate_limit(&decision.policy.name, decision.outcome.as_str());
+    metrics.rate_limit(&decision.policy.name, decision.outcome.as_str());
     *note = Some(RateLimitNote {
         policy: decision.policy.name.clone(),
         outcome: decision.outcome.as_str(),
@@ -259,22 +304,23 @@ fn rate_limit(state: &StackState, req: &Request, id: &str, note: &mut Option<Rat
         status,
         retry_after: decision.retry_after_secs(),
     }
-    .into_response_with(id);
-    write_rate_limit_fields(state, &decision, &mut response);
+    .into_response_with(id, metrics);
+    write_rate_limit_fields(limiter, &decision, &mut response);
     Admission::Reject(response)
 }
 
 /// The RateLimit fields: always on a refusal, on other answers when
 /// `rate_limit.headers`.
-fn write_rate_limit_fields(state: &StackState, decision: &Decision, response: &mut Response<Body>) {
-    if decision.outcome == Outcome::Rejected || state.limiter.headers {
+fn write_rate_limit_fields(limiter: &RateLimiter, decision: &Decision, response: &mut Response<Body>) {
+    if decision.outcome == Outcome::Rejected || limiter.headers {
         decision.write_headers(response.headers_mut());
     }
 }
 
-/// The request with its body capped at `max_body`, or 413 when its declared
-/// length is already over.
-fn limit_body(state: &StackState, req: Request) -> Result<Request, GatewayError> {
+/// The request with its body bounded (see `client_body`: at most
+/// `max_body` bytes, `body_read_timeout` between them, failures recorded as
+/// the client's), or 413 when its declared length is already over.
+fn limit_body(state: &StackState, mut req: Request) -> Result<Request, GatewayError> {
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -284,10 +330,13 @@ fn limit_body(state: &StackState, req: Request) -> Result<Request, GatewayError>
         return Err(GatewayError::PayloadTooLarge(state.max_body));
     }
     if http_body::Body::is_end_stream(req.body()) {
-        return Ok(req); // nothing to cap (most GETs)
+        return Ok(req); // nothing to bound (most GETs)
     }
-    let max = usize::try_from(state.max_body).unwrap_or(usize::MAX);
-    Ok(req.map(|body| Body::new(Limited::new(body, max))))
+    let body = std::mem::take(req.body_mut());
+    let (body, watch) = ClientBody::new(body, state.max_body, state.body_read_timeout);
+    *req.body_mut() = Body::new(body);
+    req.extensions_mut().insert(watch);
+    Ok(req)
 }
 
 /// Access-log fields gathered while the request runs; logged once, when
@@ -306,6 +355,8 @@ struct AccessLog {
     /// The policy that applied and its outcome; the rate-limit layer fills it in.
     rate_limit: Option<RateLimitNote>,
     bytes: u64,
+    /// The request's in-flight places, given back with this entry.
+    places: Option<Places>,
 }
 
 impl Drop for AccessLog {
@@ -327,10 +378,29 @@ impl Drop for AccessLog {
     }
 }
 
-/// The response body, counting bytes for the access log.
+/// The response body, counting bytes for the access log and reporting to
+/// its connection (see `activity`): alive, asked for bytes, handed bytes.
+/// Over HTTP/2 it hands data over in pieces of at most [`H2_PIECE`], so
+/// that what waits in a stream for a client's flow-control window is one
+/// piece, not a whole upstream read.
 struct Observed {
     inner: Body,
     log: AccessLog,
+    report: Option<BodyReport>,
+    /// What is left of a data frame being handed over in pieces.
+    rest: Option<Bytes>,
+}
+
+/// Largest data frame handed to an HTTP/2 stream (HTTP/2's default frame size).
+const H2_PIECE: usize = 16 * 1024;
+
+impl Observed {
+    fn piece(&mut self, mut data: Bytes) -> Bytes {
+        if data.len() > H2_PIECE && self.report.as_ref().is_some_and(BodyReport::is_stream) {
+            self.rest = Some(data.split_off(H2_PIECE));
+        }
+        data
+    }
 }
 
 impl http_body::Body for Observed {
@@ -341,21 +411,43 @@ impl http_body::Body for Observed {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled {
-            if let Some(data) = frame.data_ref() {
-                self.log.bytes += data.len() as u64;
-            }
+        if let Some(report) = &self.report {
+            report.asked();
+        }
+        let polled = match self.rest.take() {
+            Some(rest) => Poll::Ready(Some(Ok(http_body::Frame::data(self.piece(rest))))),
+            None => match Pin::new(&mut self.inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => {
+                        self.log.bytes += data.len() as u64;
+                        Poll::Ready(Some(Ok(http_body::Frame::data(self.piece(data)))))
+                    }
+                    Err(frame) => Poll::Ready(Some(Ok(frame))),
+                },
+                other => other,
+            },
+        };
+        if let (Poll::Ready(Some(Ok(_))), Some(report)) = (&polled, &self.report) {
+            report.handed_over();
         }
         polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.rest.is_none() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
+        let mut hint = self.inner.size_hint();
+        if let Some(rest) = &self.rest {
+            // Upper first: set_lower checks against it.
+            let rest = rest.len() as u64;
+            if let Some(upper) = hint.upper() {
+                hint.set_upper(upper + rest);
+            }
+            hint.set_lower(hint.lower() + rest);
+        }
+        hint
     }
 }
 
@@ -400,6 +492,7 @@ fn observe_request(state: &ObserveState, req: &Request, id: &AssignedId) -> Acce
         upstream: None,
         rate_limit: None,
         bytes: 0,
+        places: None,
     }
 }
 
@@ -408,5 +501,11 @@ fn observe_request(state: &ObserveState, req: &Request, id: &AssignedId) -> Acce
 fn observe_response(mut log: AccessLog, response: Response<Body>) -> Response<Body> {
     let (parts, body) = response.into_parts();
     log.status = parts.status.as_u16();
-    Response::from_parts(parts, Body::new(Observed { inner: body, log }))
+    let observed = Observed {
+        inner: body,
+        log,
+        report: BodyReport::start(),
+        rest: None,
+    };
+    Response::from_parts(parts, Body::new(observed))
 }

@@ -16,8 +16,19 @@
 //! never surface as failures. Idle connections older than
 //! `keepalive_timeout` are closed (checked at checkout and by a sweep every
 //! half period); at most `keepalive_max_idle` are kept per replica.
+//!
+//! Every wait is bounded, each by its own setting, so a failure says whose
+//! it is: at most `max_connections` are open to a replica (split evenly
+//! between the workers; idle ones included); a request that finds them all
+//! busy waits for one to come back, at most `queue_timeout`, behind at most
+//! `max_queue` others, else [`SendError::Busy`] (the gateway's own limit,
+//! not the replica's fault). Opening a connection takes at most
+//! `connect_timeout`; the answer is due `response_timeout` after the
+//! replica has the whole request (a client still sending its body is not
+//! the replica being late).
 
 use crate::balancer::{InFlight, Upstream};
+use crate::client_body::BodyWatch;
 use axum::body::Body;
 use bytes::Bytes;
 use hyper::body::Incoming;
@@ -42,17 +53,25 @@ pub struct UpstreamClient {
 /// Why a request got no response.
 #[derive(Debug)]
 pub enum SendError {
+    /// Every connection to the replica is busy and the queue for one is
+    /// full, or the wait ran out (nothing was sent).
+    Busy,
     /// No connection could be made (nothing was sent).
     Connect(String),
     /// The exchange failed after the request was handed to a connection.
     Http(hyper::Error),
+    /// No answer within `response_timeout` of the replica having the
+    /// whole request.
+    Timeout,
 }
 
 impl std::fmt::Display for SendError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            Self::Busy => f.write_str("every connection to the replica is busy"),
             Self::Connect(why) => write!(f, "connect: {why}"),
             Self::Http(e) => write!(f, "{e}"),
+            Self::Timeout => f.write_str("no answer in time"),
         }
     }
 }
@@ -60,8 +79,8 @@ impl std::fmt::Display for SendError {
 impl std::error::Error for SendError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Self::Connect(_) => None,
             Self::Http(e) => Some(e),
+            Self::Busy | Self::Connect(_) | Self::Timeout => None,
         }
     }
 }
@@ -71,10 +90,12 @@ struct Pools {
     /// One per worker, then the control runtime's.
     runtimes: Box<[Arc<RuntimePool>]>,
     connect_timeout: Duration,
+    response_timeout: Duration,
+    queue_timeout: Duration,
     sweeping: AtomicBool,
 }
 
-/// A runtime's idle connections, in an allocation of its own: a worker's
+/// A runtime's connections, in an allocation of its own: a worker's
 /// requests lock it and count references to it, no other worker does.
 #[derive(Debug)]
 #[repr(align(64))]
@@ -82,6 +103,10 @@ struct RuntimePool {
     replicas: Mutex<Vec<Replica>>,
     keepalive_timeout: Duration,
     max_idle: usize,
+    /// This runtime's share of `max_connections` per replica.
+    max_open: usize,
+    /// This runtime's share of `max_queue` per replica.
+    max_queue: usize,
 }
 
 #[derive(Debug)]
@@ -89,6 +114,43 @@ struct Replica {
     addr: SocketAddr,
     /// Oldest first; checkout takes the newest, a full pool drops the oldest.
     idle: VecDeque<Idle>,
+    /// Connections open from this runtime, idle or busy.
+    open: usize,
+    /// Requests waiting for one of them.
+    waiting: usize,
+    /// Wakes one waiter when a connection comes back or closes.
+    freed: Arc<tokio::sync::Notify>,
+}
+
+impl Replica {
+    fn new(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            idle: VecDeque::new(),
+            open: 0,
+            waiting: 0,
+            freed: Arc::default(),
+        }
+    }
+
+    /// Wakes a waiter, if any, for a connection that came free.
+    fn wake_one(&self) {
+        if self.waiting > 0 {
+            self.freed.notify_one();
+        }
+    }
+}
+
+/// What a request gets from its runtime's pool.
+enum Reserve {
+    /// A pooled connection.
+    Idle(SendRequest<Body>),
+    /// Room for a new connection (already counted open).
+    Connect,
+    /// Every connection is busy: wait to be woken (already counted waiting).
+    Wait(Arc<tokio::sync::Notify>),
+    /// Busy, and the queue is full.
+    Full,
 }
 
 #[derive(Debug)]
@@ -109,6 +171,7 @@ impl UpstreamClient {
     /// `workers` workers and the control runtime.
     pub fn new(upstream: Arc<Upstream>, workers: usize) -> Self {
         let s = &upstream.settings;
+        let share = |n: usize| n.div_ceil(workers.max(1)).max(1);
         let pools = Arc::new(Pools {
             runtimes: (0..=workers)
                 .map(|_| {
@@ -116,34 +179,53 @@ impl UpstreamClient {
                         replicas: Mutex::new(Vec::new()),
                         keepalive_timeout: s.keepalive_timeout,
                         max_idle: s.keepalive_max_idle,
+                        max_open: share(s.max_connections),
+                        max_queue: share(s.max_queue),
                     })
                 })
                 .collect(),
             connect_timeout: s.connect_timeout,
+            response_timeout: s.response_timeout,
+            queue_timeout: s.queue_timeout,
             sweeping: AtomicBool::new(false),
         });
         Self { upstream, pools }
     }
 
-    /// Sends `req` to the replica at `addr` on the calling worker's pool.
+    /// Sends `req` to the replica at `addr` on the calling worker's pool;
+    /// `watch` reports on the client's body, if it is still arriving.
     pub async fn send(
         &self,
         addr: SocketAddr,
         mut req: http::Request<Body>,
+        watch: Option<&BodyWatch>,
     ) -> Result<http::Response<UpstreamBody>, SendError> {
         let pool = &self.pools.runtimes[crate::workers::slot(self.pools.runtimes.len())];
+        let mut queued_until = None;
         loop {
-            let (mut sender, pooled) = match pool.checkout(addr) {
-                Some(sender) => (sender, true),
-                None => {
+            let (mut sender, pooled) = match pool.reserve(addr) {
+                Reserve::Idle(sender) => (sender, true),
+                Reserve::Connect => {
                     self.pools.start_sweep(pool.keepalive_timeout);
-                    (self.pools.connect(addr).await?, false)
+                    (self.pools.connect(pool, addr).await?, false)
                 }
+                Reserve::Wait(freed) => {
+                    let until =
+                        *queued_until.get_or_insert_with(|| tokio::time::Instant::now() + self.pools.queue_timeout);
+                    let woken = tokio::time::timeout_at(until, freed.notified()).await;
+                    pool.unqueue(addr);
+                    if woken.is_err() {
+                        return Err(SendError::Busy);
+                    }
+                    continue;
+                }
+                Reserve::Full => return Err(SendError::Busy),
             };
             if pooled && sender.ready().await.is_err() {
                 continue; // closed while idle
             }
-            match sender.try_send_request(req).await {
+            let answer = answer_within(sender.try_send_request(req), self.pools.response_timeout, watch);
+            match answer.await.map_err(|Elapsed| SendError::Timeout)? {
                 Ok(response) => {
                     let reuse = Reuse {
                         sender,
@@ -168,25 +250,61 @@ impl UpstreamClient {
 }
 
 impl RuntimePool {
-    /// The newest live idle connection to `addr`, dropping expired ones.
-    fn checkout(&self, addr: SocketAddr) -> Option<SendRequest<Body>> {
-        let mut replicas = self.replicas.lock().unwrap_or_else(|e| e.into_inner());
-        let replica = replicas.iter_mut().find(|r| r.addr == addr)?;
-        while let Some(idle) = replica.idle.pop_back() {
-            if idle.is_live(self.keepalive_timeout) {
-                return Some(idle.sender);
-            }
-        }
-        None
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Replica>> {
+        self.replicas.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Drops expired and closed idle connections.
+    /// The newest live idle connection to `addr` (expired ones dropped), or
+    /// room for a new one, or a place in the queue for one.
+    fn reserve(&self, addr: SocketAddr) -> Reserve {
+        let mut replicas = self.lock();
+        let index = match replicas.iter().position(|r| r.addr == addr) {
+            Some(i) => i,
+            None => {
+                replicas.push(Replica::new(addr));
+                replicas.len() - 1
+            }
+        };
+        let replica = &mut replicas[index];
+        while let Some(idle) = replica.idle.pop_back() {
+            if idle.is_live(self.keepalive_timeout) {
+                return Reserve::Idle(idle.sender);
+            }
+        }
+        if replica.open < self.max_open {
+            replica.open += 1;
+            return Reserve::Connect;
+        }
+        if replica.waiting >= self.max_queue {
+            return Reserve::Full;
+        }
+        replica.waiting += 1;
+        Reserve::Wait(replica.freed.clone())
+    }
+
+    /// A waiter leaves the queue (woken or timed out).
+    fn unqueue(&self, addr: SocketAddr) {
+        if let Some(r) = self.lock().iter_mut().find(|r| r.addr == addr) {
+            r.waiting -= 1;
+        }
+    }
+
+    /// A connection to `addr` closed (or was never made): its place is free.
+    fn release(&self, addr: SocketAddr) {
+        if let Some(r) = self.lock().iter_mut().find(|r| r.addr == addr) {
+            r.open -= 1;
+            r.wake_one();
+        }
+    }
+
+    /// Drops expired and closed idle connections, and replicas with
+    /// nothing left to track.
     fn sweep(&self) {
-        let mut replicas = self.replicas.lock().unwrap_or_else(|e| e.into_inner());
+        let mut replicas = self.lock();
         for replica in replicas.iter_mut() {
             replica.idle.retain(|i| i.is_live(self.keepalive_timeout));
         }
-        replicas.retain(|r| !r.idle.is_empty());
+        replicas.retain(|r| !r.idle.is_empty() || r.open > 0 || r.waiting > 0);
     }
 
     /// Back into the pool, unless closed or the pool is full (the oldest goes).
@@ -198,18 +316,14 @@ impl RuntimePool {
             sender,
             since: Instant::now(),
         };
-        let mut replicas = self.replicas.lock().unwrap_or_else(|e| e.into_inner());
-        match replicas.iter_mut().find(|r| r.addr == addr) {
-            Some(replica) => {
-                if replica.idle.len() >= self.max_idle {
-                    replica.idle.pop_front();
-                }
-                replica.idle.push_back(idle);
+        let mut replicas = self.lock();
+        // The replica is tracked for as long as a connection to it is open.
+        if let Some(replica) = replicas.iter_mut().find(|r| r.addr == addr) {
+            if replica.idle.len() >= self.max_idle {
+                replica.idle.pop_front();
             }
-            None => replicas.push(Replica {
-                addr,
-                idle: VecDeque::from([idle]),
-            }),
+            replica.idle.push_back(idle);
+            replica.wake_one();
         }
     }
 }
@@ -244,8 +358,38 @@ impl Pools {
         }
     }
 
-    /// A new connection, driven by a task on the calling runtime.
-    async fn connect(&self, addr: SocketAddr) -> Result<SendRequest<Body>, SendError> {
+    /// A new connection for a place `pool` has counted open, driven by a
+    /// task on the calling runtime; the place is freed when the connection
+    /// closes, or at once if it cannot be made.
+    async fn connect(&self, pool: &Arc<RuntimePool>, addr: SocketAddr) -> Result<SendRequest<Body>, SendError> {
+        let made = self.handshake(addr).await;
+        let (sender, connection) = match made {
+            Ok(pair) => pair,
+            Err(e) => {
+                pool.release(addr);
+                return Err(e);
+            }
+        };
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%addr, %error, "upstream connection ended with an error");
+            }
+            pool.release(addr);
+        });
+        Ok(sender)
+    }
+
+    async fn handshake(
+        &self,
+        addr: SocketAddr,
+    ) -> Result<
+        (
+            SendRequest<Body>,
+            http1::Connection<TokioIo<tokio::net::TcpStream>, Body>,
+        ),
+        SendError,
+    > {
         let stream = match tokio::time::timeout(self.connect_timeout, tokio::net::TcpStream::connect(addr)).await {
             Ok(Ok(stream)) => stream,
             Ok(Err(e)) => return Err(SendError::Connect(format!("tcp connect error: {e}"))),
@@ -260,17 +404,39 @@ impl Pools {
         // One flat write buffer instead of a queue of head and body
         // buffers: API bodies are small, and copying them into the head's
         // buffer costs less than keeping the queue (2% of a request).
-        let (sender, connection) = http1::Builder::new()
+        http1::Builder::new()
             .writev(false)
             .handshake(TokioIo::new(stream))
             .await
-            .map_err(|e| SendError::Connect(e.to_string()))?;
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%addr, %error, "upstream connection ended with an error");
-            }
-        });
-        Ok(sender)
+            .map_err(|e| SendError::Connect(e.to_string()))
+    }
+}
+
+/// The replica took longer than its response timeout.
+#[derive(Debug)]
+struct Elapsed;
+
+/// Waits for the replica's answer, at most `timeout` after it has had the
+/// whole request: while a client is still sending its body (each wait for
+/// bytes bounded by the body's own timeout), the replica is not late.
+async fn answer_within<F: Future>(send: F, timeout: Duration, watch: Option<&BodyWatch>) -> Result<F::Output, Elapsed> {
+    let Some(watch) = watch.filter(|w| w.ended_at().is_none()) else {
+        return tokio::time::timeout(timeout, send).await.map_err(|_| Elapsed);
+    };
+    tokio::pin!(send);
+    let mut deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        tokio::select! {
+            biased;
+            output = &mut send => return Ok(output),
+            () = tokio::time::sleep_until(deadline) => {}
+        }
+        let now = tokio::time::Instant::now();
+        deadline = match watch.ended_at() {
+            Some(ended) if ended + timeout <= now => return Err(Elapsed),
+            Some(ended) => ended + timeout,
+            None => now + timeout,
+        };
     }
 }
 

@@ -4,11 +4,11 @@
 
 mod common;
 
+use common::logged::{LoggedGateway, access_lines, gateway_bin};
 use common::upstream::{addrs, replicas};
 use common::{config_text, dev_cert, gateway_for, http_gateway, metric, upstream_text};
 use reqwest::StatusCode;
 use std::io::{Read, Write};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 #[tokio::test]
@@ -210,10 +210,6 @@ async fn dropping_the_serving_future_stops_the_workers_and_closes_their_sockets(
     }
 }
 
-fn gateway_bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_gateway"))
-}
-
 /// `gateway --check-config --config PATH`.
 fn check_config(path: &std::path::Path) -> std::process::Output {
     gateway_bin()
@@ -289,6 +285,63 @@ upstream = "ghost"
     }
 }
 
+/// `--check-config` on a good file (fresh certificate, one upstream) after
+/// `edit` has changed its text; the exit code and stderr.
+fn check_edited(edit: impl FnOnce(&std::path::Path, String) -> String) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().expect("dir");
+    dev_cert(dir.path());
+    let text = config_text(
+        dir.path(),
+        "",
+        &upstream_text(&["127.0.0.1:8000".parse().expect("addr")], ""),
+    )
+    .replace("https = \"127.0.0.1:0\"", "https = \"0.0.0.0:0\"");
+    let path = dir.path().join("g.toml");
+    std::fs::write(&path, edit(dir.path(), text)).expect("write");
+    let out = check_config(&path);
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn check_config_proves_the_certificate_and_key_load_and_match() {
+    let (code, stderr) = check_edited(|dir, text| {
+        std::fs::write(
+            dir.join("cert.pem"),
+            "-----BEGIN CERTIFICATE-----\ngarbage\n-----END CERTIFICATE-----\n",
+        )
+        .expect("write");
+        text
+    });
+    assert_eq!(code, Some(2), "a garbage certificate passed: {stderr}");
+    assert!(stderr.contains("tls"), "{stderr}");
+
+    let (code, stderr) = check_edited(|dir, text| {
+        let other = dir.join("other");
+        gateway::tls::write_self_signed(&other, &["elsewhere".into()]).expect("generate");
+        std::fs::copy(other.join("key.pem"), dir.join("key.pem")).expect("copy");
+        text
+    });
+    assert_eq!(code, Some(2), "a key for another certificate passed: {stderr}");
+    assert!(stderr.contains("tls") && stderr.contains("rejected"), "{stderr}");
+}
+
+#[test]
+fn check_config_refuses_trust_lists_that_together_trust_everyone() {
+    for nets in [
+        r#""0.0.0.0/1", "128.0.0.0/1""#,
+        r#""0.0.0.0/2", "64.0.0.0/2", "128.0.0.0/1""#,
+        r#""::/1", "8000::/1""#,
+        r#""::ffff:0.0.0.0/97", "128.0.0.0/1""#,
+    ] {
+        let (code, stderr) = check_edited(|_, text| format!("{text}\n[client_ip]\ntrusted_proxies = [{nets}]\n"));
+        assert_eq!(code, Some(2), "[{nets}] passed: {stderr}");
+        assert!(stderr.contains("client_ip.trusted_proxies"), "{stderr}");
+    }
+    let (code, stderr) =
+        check_edited(|_, text| format!("{text}\n[client_ip]\ntrusted_proxies = [\"10.0.0.0/8\", \"fd00::/8\"]\n"));
+    assert_eq!(code, Some(0), "{stderr}");
+}
+
 #[test]
 fn a_missing_config_file_is_a_clear_error() {
     let out = gateway_bin()
@@ -323,80 +376,6 @@ fn the_committed_example_configurations_are_valid() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-}
-
-/// A gateway process with a JSON access log (`DIR/access.log`), plain HTTP
-/// proxied on a port fixed in its config file (`DIR/live.toml`).
-struct LoggedGateway {
-    child: std::process::Child,
-    config: String,
-    port: u16,
-}
-
-impl LoggedGateway {
-    /// Starts one in front of `rs` with `rest` (upstream tables excluded)
-    /// appended to its config, and waits until it answers.
-    async fn start(dir: &std::path::Path, rs: &[common::upstream::Replica], rest: &str) -> Self {
-        dev_cert(dir);
-        // Two ports free at once (both listeners held until both are known).
-        let (port, admin_port) = {
-            let a = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-            let b = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-            (
-                a.local_addr().expect("addr").port(),
-                b.local_addr().expect("addr").port(),
-            )
-        };
-        let config = config_text(
-            dir,
-            "http_mode = \"proxy\"",
-            &format!("{}\n{rest}", upstream_text(&addrs(rs), "")),
-        )
-        .replace("http = \"127.0.0.1:0\"", &format!("http = \"127.0.0.1:{port}\""))
-        .replace(
-            "admin = \"127.0.0.1:0\"",
-            &format!("admin = \"127.0.0.1:{admin_port}\""),
-        ) + "\n[log]\nformat = \"json\"\n";
-        std::fs::write(dir.join("live.toml"), &config).expect("write");
-        let child = gateway_bin()
-            .args(["--config"])
-            .arg(dir.join("live.toml"))
-            .stderr(std::fs::File::create(dir.join("access.log")).expect("log file"))
-            .spawn()
-            .expect("spawns");
-        let gateway = Self { child, config, port };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while reqwest::get(gateway.url("/whoami")).await.is_err() {
-            assert!(Instant::now() < deadline, "the gateway did not start");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        gateway
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
-    /// Stops it with SIGTERM (which flushes the log) and checks it exits 0.
-    fn stop(mut self) {
-        assert!(
-            Command::new("kill")
-                .args(["-TERM", &self.child.id().to_string()])
-                .status()
-                .expect("kill")
-                .success()
-        );
-        assert!(self.child.wait().expect("exits").success());
-    }
-}
-
-/// The access-log lines in `DIR/access.log` for requests to `path`.
-fn access_lines(dir: &std::path::Path, path: &str) -> Vec<serde_json::Value> {
-    let log = std::fs::read_to_string(dir.join("access.log")).expect("log");
-    log.lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["target"] == "access" && v["path"] == path)
-        .collect()
 }
 
 #[tokio::test]

@@ -93,7 +93,7 @@ async fn exchange(client: &UpstreamClient, addr: SocketAddr, method: &str, body:
         .header("content-length", body.len())
         .body(Body::from(body))
         .expect("request");
-    let response = client.send(addr, request).await.expect("a response");
+    let response = client.send(addr, request, None).await.expect("a response");
     let bytes = response.into_body().collect().await.expect("body").to_bytes();
     String::from_utf8(bytes.to_vec()).expect("utf-8")
 }
@@ -180,7 +180,7 @@ async fn a_response_dropped_before_its_body_ends_does_not_return_its_connection(
     let (addr, counts) = replica(false).await;
     let client = client(addr, UpstreamSettings::default());
     let request = get(addr);
-    let response = client.send(addr, request).await.expect("a response");
+    let response = client.send(addr, request, None).await.expect("a response");
     // One byte of "1" is still unread; HTTP/1.1 cannot reuse the connection.
     drop(response);
     settle().await;
@@ -195,7 +195,7 @@ async fn a_refused_connection_is_a_connect_error() {
     drop(unused);
     let client = client(addr, UpstreamSettings::default());
     let request = get(addr);
-    let error = client.send(addr, request).await.expect_err("nothing listens");
+    let error = client.send(addr, request, None).await.expect_err("nothing listens");
     assert!(
         matches!(error, gateway::upstream_client::SendError::Connect(_)),
         "{error:?}"

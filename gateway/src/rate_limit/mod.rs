@@ -209,6 +209,11 @@ impl RateLimiter {
         self.policies.values()
     }
 
+    /// The client key of `ip` (its address masked to the configured prefix).
+    pub fn key(&self, ip: IpAddr) -> Key {
+        self.prefixes.key(ip)
+    }
+
     /// Decides a request from `ip`; `None` when no rule applies or the
     /// client is allowlisted.
     pub fn check(&self, ip: IpAddr, method: &Method, path: &str) -> Option<Decision> {

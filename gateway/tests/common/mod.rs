@@ -2,6 +2,8 @@
 //! certificates, and clients that trust them. Every test builds its own.
 #![allow(dead_code)]
 
+pub mod logged;
+pub mod raw;
 pub mod upstream;
 
 use gateway::config::GatewayConfig;

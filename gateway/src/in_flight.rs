@@ -1,0 +1,165 @@
+//! Requests in flight: the gateway-wide cap (`limits.max_requests_in_flight`,
+//! 503 past it) and each client's share of it
+//! (`limits.max_requests_in_flight_per_client`, 429 past it), so that one
+//! client holding slow requests open cannot take every place. A request
+//! holds its places until its response has been sent (or dropped).
+//!
+//! Neither keeps a queue: over a cap the answer is immediate.
+
+use crate::rate_limit::Key;
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+
+/// Requests allowed in flight at once: one count taken with one atomic
+/// add, no lock and no queue. tokio's semaphore locked its waiter list on
+/// every release.
+#[derive(Debug)]
+pub struct InFlightLimit {
+    count: AtomicUsize,
+    max: usize,
+}
+
+impl InFlightLimit {
+    /// A limit of `max` requests.
+    pub fn new(max: usize) -> Self {
+        Self {
+            count: AtomicUsize::new(0),
+            max,
+        }
+    }
+
+    /// Takes a place; false when all are taken. Give it back with
+    /// [`Self::release`].
+    pub fn try_take(&self) -> bool {
+        if self.count.fetch_add(1, Ordering::Relaxed) >= self.max {
+            self.count.fetch_sub(1, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// Gives back a place taken by [`Self::try_take`].
+    pub fn release(&self) {
+        self.count.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Counters per row of [`ClientInFlight`] (a power of two).
+const COUNTERS: usize = 16_384;
+
+/// Requests in flight per client key, counted in a fixed table (a
+/// count-min sketch: two rows of 16,384 counters, 128 KiB however many
+/// clients there are). A key's count is the smaller of its two counters,
+/// so it is never under-counted; an innocent client is refused only if
+/// both its counters are shared with clients at their cap, which for `h`
+/// such clients happens with odds of about `(h / 16384)²` (four in a
+/// million for a hundred). The hash is keyed per process, so collisions
+/// cannot be planned from outside.
+pub struct ClientInFlight {
+    rows: [Box<[AtomicU32]>; 2],
+    max: u32,
+    hasher: std::hash::RandomState,
+}
+
+impl std::fmt::Debug for ClientInFlight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientInFlight")
+            .field("max", &self.max)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The counters one request holds in a [`ClientInFlight`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientSlots([usize; 2]);
+
+impl ClientInFlight {
+    /// At most `max` requests in flight per key.
+    pub fn new(max: usize) -> Self {
+        let row = || (0..COUNTERS).map(|_| AtomicU32::new(0)).collect();
+        Self {
+            rows: [row(), row()],
+            max: u32::try_from(max).unwrap_or(u32::MAX),
+            hasher: std::hash::RandomState::new(),
+        }
+    }
+
+    fn slots(&self, key: Key) -> ClientSlots {
+        let h = self.hasher.hash_one((key.0, key.1));
+        let mask = COUNTERS as u64 - 1;
+        ClientSlots([(h & mask) as usize, ((h >> 32) & mask) as usize])
+    }
+
+    /// Takes a place for `key`; `None` when it already has `max` in flight.
+    pub fn try_take(&self, key: Key) -> Option<ClientSlots> {
+        let slots = self.slots(key);
+        let before = slots
+            .0
+            .iter()
+            .zip(&self.rows)
+            .map(|(&i, row)| row[i].fetch_add(1, Ordering::Relaxed))
+            .min()
+            .unwrap_or(0);
+        if before >= self.max {
+            self.release(slots);
+            return None;
+        }
+        Some(slots)
+    }
+
+    /// Gives back a place taken by [`Self::try_take`].
+    pub fn release(&self, slots: ClientSlots) {
+        for (&i, row) in slots.0.iter().zip(&self.rows) {
+            row[i].fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The count for `key` (the smaller of its counters).
+    pub fn count(&self, key: Key) -> u32 {
+        let slots = self.slots(key);
+        slots
+            .0
+            .iter()
+            .zip(&self.rows)
+            .map(|(&i, row)| row[i].load(Ordering::Relaxed))
+            .min()
+            .unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_gateway_wide_cap_refuses_past_max_until_a_place_is_given_back() {
+        let limit = InFlightLimit::new(2);
+        assert!(limit.try_take());
+        assert!(limit.try_take());
+        assert!(!limit.try_take());
+        limit.release();
+        assert!(limit.try_take());
+    }
+
+    #[test]
+    fn one_client_at_its_cap_leaves_every_other_client_its_own() {
+        let per_client = ClientInFlight::new(3);
+        let heavy = Key(1, 1);
+        let held: Vec<ClientSlots> = (0..3)
+            .map(|_| per_client.try_take(heavy).expect("under the cap"))
+            .collect();
+        assert_eq!(per_client.try_take(heavy), None, "a fourth is refused");
+        assert_eq!(per_client.count(heavy), 3, "a refusal leaves no trace");
+        // Thousands of other clients each still get their places.
+        for n in 2..5_000u64 {
+            let other = Key(n, n * 7);
+            let slots = per_client.try_take(other).expect("another client is not refused");
+            per_client.release(slots);
+        }
+        per_client.release(held[0]);
+        assert!(
+            per_client.try_take(heavy).is_some(),
+            "a place given back can be taken again"
+        );
+    }
+}
