@@ -48,10 +48,11 @@ impl Activity {
         self.requests.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// A request's response head is out (or the request was dropped).
+    /// A request's response head is out (or the request was dropped). Its
+    /// body, which reports until it has been sent, marks the connection
+    /// busy when it ends.
     pub fn request_answered(&self) {
         self.requests.fetch_sub(1, Ordering::Relaxed);
-        self.touch();
     }
 
     /// Marks the connection busy now.
@@ -128,18 +129,25 @@ thread_local! {
 }
 
 impl SendContext {
-    /// Runs `f` with this context current on this thread.
-    pub fn enter<R>(&self, f: impl FnOnce() -> R) -> R {
-        // Restores whatever was current, even if `f` unwinds.
-        struct Restore(Option<SendContext>);
-        impl Drop for Restore {
+    /// Runs `f` with `context` current on this thread. The context is moved
+    /// in for the call and back out after it (even if `f` unwinds), so a
+    /// poll touches no reference count.
+    pub fn enter<R>(context: &mut Option<SendContext>, f: impl FnOnce() -> R) -> R {
+        struct Restore<'a> {
+            slot: &'a mut Option<SendContext>,
+            previous: Option<SendContext>,
+        }
+        impl Drop for Restore<'_> {
             fn drop(&mut self) {
-                let previous = self.0.take();
-                CURRENT.with(|c| *c.borrow_mut() = previous);
+                let previous = self.previous.take();
+                *self.slot = CURRENT.with(|c| std::mem::replace(&mut *c.borrow_mut(), previous));
             }
         }
-        let previous = CURRENT.with(|c| c.borrow_mut().replace(self.clone()));
-        let _restore = Restore(previous);
+        let previous = CURRENT.with(|c| std::mem::replace(&mut *c.borrow_mut(), context.take()));
+        let _restore = Restore {
+            slot: context,
+            previous,
+        };
         f()
     }
 
@@ -196,12 +204,12 @@ mod tests {
     async fn a_connection_is_idle_only_with_no_request_and_no_body_in_progress() {
         let idle = Duration::from_secs(5);
         let connection = Arc::new(Activity::default());
-        let context = SendContext {
+        let mut context = Some(SendContext {
             connection: connection.clone(),
             stream: None,
-        };
+        });
         connection.request_started();
-        let body = context.enter(BodyReport::start).expect("a context is current");
+        let body = SendContext::enter(&mut context, BodyReport::start).expect("a context is current");
         connection.request_answered();
         tokio::time::advance(Duration::from_secs(10)).await;
         assert!(!connection.is_idle(idle), "a body is still being sent");
@@ -214,11 +222,11 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_stream_waits_on_the_client_from_a_hand_over_until_it_is_asked_again() {
         let stream = Arc::new(StreamWatch::default());
-        let context = SendContext {
+        let mut context = Some(SendContext {
             connection: Arc::default(),
             stream: Some(stream.clone()),
-        };
-        let body = context.enter(BodyReport::start).expect("current");
+        });
+        let body = SendContext::enter(&mut context, BodyReport::start).expect("current");
         assert!(body.is_stream());
         assert_eq!(stream.waiting_since(), None);
         tokio::time::advance(Duration::from_secs(1)).await;
@@ -230,13 +238,22 @@ mod tests {
     }
 
     #[test]
-    fn the_context_is_current_only_inside_enter() {
+    fn the_context_is_current_only_inside_enter_and_comes_back_after() {
         assert!(SendContext::current().is_none());
-        let context = SendContext {
+        let mut context = Some(SendContext {
             connection: Arc::default(),
             stream: None,
-        };
-        context.enter(|| assert!(SendContext::current().is_some()));
+        });
+        SendContext::enter(&mut context, || assert!(SendContext::current().is_some()));
         assert!(SendContext::current().is_none());
+        assert!(context.is_some(), "the context is back with its owner");
+        let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            SendContext::enter(&mut context, || panic!("inside"));
+        }));
+        assert!(unwound.is_err());
+        assert!(
+            SendContext::current().is_none() && context.is_some(),
+            "restored on unwind"
+        );
     }
 }

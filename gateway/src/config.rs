@@ -400,7 +400,9 @@ pub struct UpstreamSettings {
     /// Failure window and ejection time (nginx `fail_timeout`).
     #[serde(with = "humantime_serde")]
     pub fail_timeout: Duration,
-    /// Idle pooled connections are closed after this (below IPVS's 900 s).
+    /// Idle pooled connections are closed after this: below the replica's
+    /// own idle timeout (the app's is 10 s), or a request can meet a
+    /// connection the replica is closing; and below IPVS's 900 s.
     #[serde(with = "humantime_serde")]
     pub keepalive_timeout: Duration,
     /// Idle pooled connections kept per replica.
@@ -436,7 +438,7 @@ impl Default for UpstreamSettings {
             max_tries: 3,
             max_fails: 3,
             fail_timeout: Duration::from_secs(10),
-            keepalive_timeout: Duration::from_secs(60),
+            keepalive_timeout: Duration::from_secs(4),
             keepalive_max_idle: 64,
             max_connections: 1024,
             max_queue: 1024,

@@ -140,13 +140,15 @@ where
             tokio::spawn(fut);
             return;
         };
+        let stream = Arc::new(StreamWatch::default());
         let context = SendContext {
             connection,
-            stream: Some(Arc::new(StreamWatch::default())),
+            stream: Some(stream.clone()),
         };
         tokio::spawn(Watched {
             inner: Box::pin(fut),
-            context,
+            context: Some(context),
+            stream,
             timer: None,
             timeout: self.timeout,
             metrics: self.metrics.clone(),
@@ -158,7 +160,9 @@ where
 /// `timeout` for the client's window.
 struct Watched<F> {
     inner: Pin<Box<F>>,
-    context: SendContext,
+    /// Current while the stream is polled.
+    context: Option<SendContext>,
+    stream: Arc<StreamWatch>,
     timer: Option<Pin<Box<Sleep>>>,
     timeout: Duration,
     metrics: Arc<Metrics>,
@@ -170,10 +174,10 @@ impl<F: Future<Output = ()>> Future for Watched<F> {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = &mut *self;
         let inner = &mut this.inner;
-        if this.context.enter(|| inner.as_mut().poll(cx)).is_ready() {
+        if SendContext::enter(&mut this.context, || inner.as_mut().poll(cx)).is_ready() {
             return Poll::Ready(());
         }
-        let Some(since) = this.context.stream.as_ref().and_then(|s| s.waiting_since()) else {
+        let Some(since) = this.stream.waiting_since() else {
             return Poll::Pending;
         };
         let deadline = since + this.timeout;

@@ -329,7 +329,8 @@ async fn connection_source(
     }
     if !generation.trusted.contains(peer.ip()) {
         ctx.metrics.refuse("proxy_protocol_untrusted");
-        tracing::warn!(%peer, "PROXY header expected from an untrusted peer; closing");
+        // Anyone can connect: counted, logged at debug (no log flood).
+        tracing::debug!(%peer, "PROXY header expected from an untrusted peer; closing");
         return None;
     }
     match tokio::time::timeout(
@@ -446,10 +447,10 @@ async fn serve<I>(
             Ok::<_, Infallible>(response)
         }
     });
-    let context = SendContext {
+    let mut context = Some(SendContext {
         connection: activity.clone(),
         stream: None,
-    };
+    });
     let conn = generation.builder.serve_connection(TokioIo::new(io), hyper_service);
     tokio::pin!(conn);
     // Made before the flag is first read: a raise after that still wakes it.
@@ -465,7 +466,7 @@ async fn serve<I>(
     let mut registered = false;
     let result = std::future::poll_fn(|cx| {
         loop {
-            if let Poll::Ready(result) = context.enter(|| conn.as_mut().poll(cx)) {
+            if let Poll::Ready(result) = SendContext::enter(&mut context, || conn.as_mut().poll(cx)) {
                 return Poll::Ready(Some(result));
             }
             match closing {
