@@ -1,23 +1,12 @@
 //! The HTTP contract of API.md, end to end, on both backends: the embedded
 //! SQLite store, and MongoDB with the Redis cache.
 
+#[macro_use]
 mod common;
 
 use common::{Backend, TestApp, assert_problem, spawn, spawn_with};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-
-/// Runs each case on both backends as two tests.
-macro_rules! on_both_backends {
-    ($($case:ident),* $(,)?) => {
-        mod embedded {
-            $(#[tokio::test] async fn $case() { super::$case(super::spawn(super::Backend::Embedded).await).await; })*
-        }
-        mod mongodb_and_redis {
-            $(#[tokio::test] async fn $case() { super::$case(super::spawn(super::Backend::MongoRedis).await).await; })*
-        }
-    };
-}
 
 on_both_backends!(
     created_configs_read_back_with_their_json_types,

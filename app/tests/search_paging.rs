@@ -3,22 +3,12 @@
 //! element index, and `total` always the exact count of every match. On
 //! both backends.
 
+#[macro_use]
 mod common;
 
 use common::{Backend, TestApp, assert_problem, spawn};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-
-macro_rules! on_both_backends {
-    ($($case:ident),* $(,)?) => {
-        mod embedded {
-            $(#[tokio::test] async fn $case() { super::$case(super::spawn(super::Backend::Embedded).await).await; })*
-        }
-        mod mongodb_and_redis {
-            $(#[tokio::test] async fn $case() { super::$case(super::spawn(super::Backend::MongoRedis).await).await; })*
-        }
-    };
-}
 
 on_both_backends!(
     search_pages_through_every_match_in_name_then_index_order,

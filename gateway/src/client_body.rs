@@ -1,112 +1,30 @@
 //! A client's request body on its way to a replica.
 //!
 //! Contract: [`ClientBody`] passes the body through unchanged while it is
-//! well formed, at most `max_body` bytes long, and never idle for more
-//! than `body_read_timeout` between bytes. Otherwise it fails, and records
-//! why in its [`BodyWatch`] before the failure reaches anyone: framing the
-//! client broke (a bad chunk size, a connection or stream cut mid-body) is
-//! [`ClientFault::Malformed`], a stall is [`ClientFault::TimedOut`], too
-//! many bytes is [`ClientFault::TooLarge`]. The proxy reads the watch when
-//! an exchange with a replica fails: a fault recorded there is the
-//! client's, answered 400, 408 or 413, never counted against the replica's
-//! health and never retried. The watch also says when the body ended, so
-//! the replica's response timeout starts only once it has the whole request.
+//! well formed, at most `max_body` bytes long, and, whenever it is asked
+//! for bytes, never waits for the client more than `body_read_timeout`.
+//! Otherwise it fails, and records why in its [`BodyWatch`] before the
+//! failure reaches anyone: framing the client broke (a bad chunk size, a
+//! connection or stream cut mid-body) is [`ClientFault::Malformed`], a
+//! stall is [`ClientFault::TimedOut`], too many bytes is
+//! [`ClientFault::TooLarge`]. The proxy reads the watch when an exchange
+//! with a replica fails: a fault recorded there is the client's, answered
+//! 400, 408 or 413, never counted against the replica's health and never
+//! retried. The watch also says when the body ended, and since when bytes
+//! handed on wait for the replica to take them (see `body_watch`).
 
-use crate::errors::GatewayError;
+use crate::body_watch::{BodyWatch, ClientFault};
 use axum::body::Body;
 use bytes::Bytes;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 use tokio::time::{Instant, Sleep};
 
-/// Why a client's body failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ClientFault {
-    /// Broken framing, or the body was cut short (400).
-    Malformed,
-    /// No bytes for `body_read_timeout` (408).
-    TimedOut,
-    /// More than `max_body` bytes (413).
-    TooLarge,
-}
-
-impl ClientFault {
-    fn code(self) -> u8 {
-        match self {
-            Self::Malformed => 1,
-            Self::TimedOut => 2,
-            Self::TooLarge => 3,
-        }
-    }
-
-    fn from_code(code: u8) -> Option<Self> {
-        match code {
-            1 => Some(Self::Malformed),
-            2 => Some(Self::TimedOut),
-            3 => Some(Self::TooLarge),
-            _ => None,
-        }
-    }
-}
-
-#[derive(Debug)]
-struct BodyState {
-    fault: AtomicU8,
-    /// When the body ended, as nanoseconds after `created` plus one; 0
-    /// while bytes are still due.
-    ended: AtomicU64,
-    created: Instant,
-    max_body: u64,
-    timeout: Duration,
-}
-
-/// What the proxy can learn about a client body it handed on: whether it
-/// failed (and why), and when it ended. Cloning shares the same body.
-#[derive(Debug, Clone)]
-pub struct BodyWatch(Arc<BodyState>);
-
-impl BodyWatch {
-    /// The client's fault, once the body has failed.
-    pub fn fault(&self) -> Option<ClientFault> {
-        ClientFault::from_code(self.0.fault.load(Ordering::Acquire))
-    }
-
-    /// When the last byte arrived; `None` while the body is still due.
-    pub fn ended_at(&self) -> Option<Instant> {
-        match self.0.ended.load(Ordering::Acquire) {
-            0 => None,
-            n => Some(self.0.created + Duration::from_nanos(n - 1)),
-        }
-    }
-
-    /// The answer to give once the body has failed: 400, 408 or 413.
-    pub fn error(&self) -> Option<GatewayError> {
-        Some(match self.fault()? {
-            ClientFault::Malformed => GatewayError::BadRequest("malformed or incomplete request body".into()),
-            ClientFault::TimedOut => GatewayError::RequestTimeout(self.0.timeout),
-            ClientFault::TooLarge => GatewayError::PayloadTooLarge(self.0.max_body),
-        })
-    }
-
-    fn record(&self, fault: ClientFault) -> ClientBodyError {
-        // The first fault stands.
-        let _ = self
-            .0
-            .fault
-            .compare_exchange(0, fault.code(), Ordering::AcqRel, Ordering::Acquire);
-        ClientBodyError(fault)
-    }
-
-    fn end(&self) {
-        let nanos = u64::try_from(self.0.created.elapsed().as_nanos()).unwrap_or(u64::MAX - 1);
-        let _ = self
-            .0
-            .ended
-            .compare_exchange(0, nanos + 1, Ordering::AcqRel, Ordering::Acquire);
-    }
+/// Records `fault` in the watch; the error the body fails with.
+fn record(watch: &BodyWatch, fault: ClientFault) -> ClientBodyError {
+    watch.record(fault);
+    ClientBodyError(fault)
 }
 
 /// The error a failed client body yields (its fault is also in the watch).
@@ -130,13 +48,7 @@ pub struct ClientBody {
 impl ClientBody {
     /// Wraps `inner`; the watch reports on it.
     pub fn new(inner: Body, max_body: u64, timeout: Duration) -> (Self, BodyWatch) {
-        let watch = BodyWatch(Arc::new(BodyState {
-            fault: AtomicU8::new(0),
-            ended: AtomicU64::new(0),
-            created: Instant::now(),
-            max_body,
-            timeout,
-        }));
+        let watch = BodyWatch::new(max_body, timeout);
         let body = Self {
             inner,
             remaining: max_body,
@@ -149,7 +61,7 @@ impl ClientBody {
 
     /// Waits for bytes at most `timeout` since the last ones arrived.
     fn poll_stall(&mut self, cx: &mut Context<'_>) -> Poll<ClientBodyError> {
-        let deadline = Instant::now() + self.watch.0.timeout;
+        let deadline = Instant::now() + self.watch.timeout();
         let timer = self
             .timer
             .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
@@ -157,7 +69,7 @@ impl ClientBody {
             timer.as_mut().reset(deadline);
         }
         ready!(timer.as_mut().poll(cx));
-        Poll::Ready(self.watch.record(ClientFault::TimedOut))
+        Poll::Ready(record(&self.watch, ClientFault::TimedOut))
     }
 }
 
@@ -170,22 +82,25 @@ impl http_body::Body for ClientBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, ClientBodyError>>> {
         let this = &mut *self;
+        this.watch.asked();
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 let len = frame.data_ref().map_or(0, |d| d.len() as u64);
                 if len > this.remaining {
-                    return Poll::Ready(Some(Err(this.watch.record(ClientFault::TooLarge))));
+                    return Poll::Ready(Some(Err(record(&this.watch, ClientFault::TooLarge))));
                 }
                 this.remaining -= len;
                 this.progressed = true;
                 if this.inner.is_end_stream() {
                     this.watch.end();
+                } else {
+                    this.watch.handed_over();
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(error))) => {
                 tracing::debug!(%error, "client request body failed");
-                Poll::Ready(Some(Err(this.watch.record(ClientFault::Malformed))))
+                Poll::Ready(Some(Err(record(&this.watch, ClientFault::Malformed))))
             }
             Poll::Ready(None) => {
                 this.watch.end();
@@ -204,14 +119,18 @@ impl http_body::Body for ClientBody {
     }
 }
 
+/// The longest an early-answered HTTP/2 body is drained.
+pub const LINGER_TIME: Duration = Duration::from_secs(30);
+
 /// An HTTP/2 request body that, dropped before its end (the answer came
 /// first: a 413, a 429, a replica that did not read it), is drained in the
 /// background instead: read and discarded, so the client can finish
 /// sending and then read the answer, as nginx does. Dropping it unread
 /// would make HTTP/2 reset the stream as soon as the answer is out, and
 /// clients that are still sending (curl among them) then lose the answer.
-/// Draining stops at the body's end, after `timeout` without bytes, or
-/// after `cap` bytes; then the stream is reset.
+/// Draining stops at the body's end, after `timeout` without bytes, after
+/// `cap` bytes, or after [`LINGER_TIME`] in all (nginx's `lingering_time`);
+/// then the stream is reset.
 #[derive(Debug)]
 pub struct Lingering {
     inner: Option<Body>,
@@ -264,9 +183,11 @@ impl Drop for Lingering {
         let (timeout, cap) = (self.timeout, self.cap);
         runtime.spawn(async move {
             use http_body_util::BodyExt;
+            let until = Instant::now() + LINGER_TIME;
             let mut drained = 0u64;
             while drained <= cap {
-                match tokio::time::timeout(timeout, body.frame()).await {
+                let wait = until.min(Instant::now() + timeout);
+                match tokio::time::timeout_at(wait, body.frame()).await {
                     Ok(Some(Ok(frame))) => drained += frame.data_ref().map_or(0, |d| d.len() as u64),
                     _ => break,
                 }

@@ -21,7 +21,7 @@ impl TrustedProxies {
     /// The given networks (IPv4-mapped IPv6 ones as the IPv4 networks
     /// they map, since client addresses are compared that way).
     pub fn new(nets: Vec<IpNet>) -> Self {
-        Self(nets.into_iter().map(crate::config::canonical_net).collect())
+        Self(nets.into_iter().map(crate::nets::canonical_net).collect())
     }
 
     /// Whether `ip` is inside a trusted network.

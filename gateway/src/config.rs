@@ -622,7 +622,7 @@ fn validate_rate_limits(c: &GatewayConfig, p: &mut Vec<Problem>) {
         .into_iter()
         .flatten()
         .any(|a| !a.ip().is_loopback());
-    if public && trusts_everyone(&ci.trusted_proxies) {
+    if public && crate::nets::trusts_everyone(&ci.trusted_proxies) {
         p.push(Problem::new(
             "client_ip.trusted_proxies",
             "trusting every address on a public listener lets any client choose its rate-limit key",
@@ -744,33 +744,6 @@ fn validate_tls(tls: &TlsSettings, p: &mut Vec<Problem>) {
             p.push(Problem::new("tls", e.to_string()));
         }
     }
-}
-
-/// `net` with an IPv4-mapped IPv6 network (`::ffff:a.b.c.d/96+n`) written
-/// as the IPv4 network it maps (`a.b.c.d/n`), as client addresses are.
-pub fn canonical_net(net: IpNet) -> IpNet {
-    match net {
-        IpNet::V6(n) if n.prefix_len() >= 96 => match n.network().to_ipv4_mapped() {
-            Some(addr) => ipnet::Ipv4Net::new(addr, n.prefix_len() - 96).map_or(net, IpNet::V4),
-            None => net,
-        },
-        other => other,
-    }
-}
-
-/// Whether `nets` together cover every IPv4 or every IPv6 address (one
-/// `/0`, or pieces such as `0.0.0.0/1` + `128.0.0.0/1`), IPv4-mapped IPv6
-/// networks counting as the IPv4 networks they map.
-pub fn trusts_everyone(nets: &[IpNet]) -> bool {
-    let (mut v4, mut v6) = (Vec::new(), Vec::new());
-    for net in nets.iter().map(|n| canonical_net(*n)) {
-        match net {
-            IpNet::V4(n) => v4.push(n),
-            IpNet::V6(n) => v6.push(n),
-        }
-    }
-    ipnet::Ipv4Net::aggregate(&v4).iter().any(|n| n.prefix_len() == 0)
-        || ipnet::Ipv6Net::aggregate(&v6).iter().any(|n| n.prefix_len() == 0)
 }
 
 fn has_port(s: &str) -> bool {

@@ -3,6 +3,7 @@
 //! become problem+json responses in exactly one place, [`GatewayError::into_response_with`],
 //! with the request id and never a server version.
 
+use crate::log_limit::Throttle;
 use crate::metrics::Metrics;
 use axum::body::Body;
 use http::{HeaderValue, Response, StatusCode, header};
@@ -126,7 +127,7 @@ impl GatewayError {
     /// details are logged, not sent: clients learn the class, not internals.
     /// Log levels follow whose fault it is: a client's (which any client can
     /// repeat at will) at debug, the gateway choosing not to serve at warn,
-    /// a replica failing at error.
+    /// a replica failing at error, those two at most once a second.
     /// Every answer is counted in `gateway_request_errors_total{origin,reason}`.
     pub fn into_response_with(self, request_id: &str, metrics: &Metrics) -> Response<Body> {
         let status = self.status();
@@ -136,10 +137,20 @@ impl GatewayError {
             Self::NoHealthyUpstream(_) => "no healthy upstream; retry later".to_string(),
             other => other.to_string(),
         };
+        // A client's fault at debug; the others at most once a second each
+        // (under overload or a failing replica they come by the thousand;
+        // the counter above has every one).
+        static REFUSED: Throttle = Throttle::new();
+        static FAILED: Throttle = Throttle::new();
         match self.origin() {
             Origin::Client => tracing::debug!(error = %self, "client error"),
-            Origin::Gateway => tracing::warn!(error = %self, "request refused"),
-            Origin::Upstream => tracing::error!(error = %self, origin = "upstream", "request failed"),
+            Origin::Gateway if REFUSED.allow() => {
+                tracing::warn!(error = %self, "request refused (at most one line a second)")
+            }
+            Origin::Upstream if FAILED.allow() => {
+                tracing::error!(error = %self, origin = "upstream", "request failed (at most one line a second)")
+            }
+            Origin::Gateway | Origin::Upstream => {}
         }
         // A rate-limit refusal's Retry-After comes with the RateLimit fields instead.
         let retry_after = matches!(
@@ -148,6 +159,39 @@ impl GatewayError {
         )
         .then_some("1");
         problem_response(status, &detail, request_id, retry_after)
+    }
+}
+
+/// What ends a client's connection or stream without an answer from the
+/// layers, when it is the client's doing: hyper refused its request head,
+/// or it would not take a response's bytes. Counted with the request
+/// errors (origin `client`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionFault {
+    /// A head over `max_header_size` (hyper answered 431).
+    HeaderTooLarge,
+    /// A malformed head (hyper answered 400).
+    BadHead,
+    /// A head not received within `header_read_timeout`.
+    HeaderTimeout,
+    /// Response bytes not taken within `send_timeout`.
+    SendTimeout,
+}
+
+impl ConnectionFault {
+    /// The label it is counted under.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::HeaderTooLarge => "header_too_large",
+            Self::BadHead => "bad_request",
+            Self::HeaderTimeout => "header_timeout",
+            Self::SendTimeout => "send_timeout",
+        }
+    }
+
+    /// Counts it in `gateway_request_errors_total`.
+    pub fn count(self, metrics: &Metrics) {
+        metrics.request_error(Origin::Client.as_str(), self.reason());
     }
 }
 

@@ -10,9 +10,10 @@
 //! been handed on, so no client ever sees bytes from two attempts.
 
 use crate::balancer::Endpoint;
-use crate::client_body::BodyWatch;
+use crate::body_watch::BodyWatch;
 use crate::errors::GatewayError;
 use crate::ip_text::IpText;
+use crate::log_limit::Throttle;
 use crate::metrics::Metrics;
 use crate::server::ClientInfo;
 use crate::upstream_client::SendError;
@@ -238,8 +239,13 @@ enum Failure {
     /// Every connection to the replica is busy (its cap and queue are
     /// ours, not the replica's fault); nothing was sent.
     Busy,
+    /// The exchange failed after the request was handed over (a reset, a
+    /// broken answer) and the client's body did not fail: the replica's.
     Reset(String),
+    /// No answer within `response_timeout` of the replica having (or
+    /// ceasing to take) the request: the replica's.
     Timeout,
+    /// The replica answered 502 or 503 itself.
     Status(Response<Body>),
     /// The client's body failed: its fault, never the replica's.
     Client,
@@ -268,7 +274,11 @@ impl Proxy {
     ) -> Result<Response<Body>, GatewayError> {
         let route = self.routes.find(req.uri().path()).ok_or(GatewayError::NoRoute)?;
         let settings = &route.upstream.upstream.settings;
-        let mut outgoing = self.rewrite(req, settings.retry_buffer.as_u64()).await?;
+        let (mut outgoing, body) = self.rewrite(req)?;
+        if !http_body::Body::is_end_stream(&body) {
+            let (parts, watch) = (&outgoing.parts, outgoing.watch.as_ref());
+            outgoing.replay = prepare_body(parts, body, settings.retry_buffer.as_u64(), watch).await?;
+        }
         let idempotent = is_idempotent(&outgoing.parts.method);
         let upstream = &route.upstream.upstream;
         // Replicas that failed this request (filled only when retrying).
@@ -309,18 +319,20 @@ impl Proxy {
             tried.push(addr);
             if attempt + 1 < settings.max_tries {
                 self.metrics.retry(&upstream.name, reason);
-                tracing::warn!(upstream = %upstream.name, endpoint = %addr, reason, "retrying on another replica");
+                static RETRIES: Throttle = Throttle::new();
+                if RETRIES.allow() {
+                    tracing::warn!(upstream = %upstream.name, endpoint = %addr, reason, "retrying on another replica (at most one line a second)");
+                }
             }
             last = Some((failure, addr));
         }
         self.final_answer(route, last, outgoing.watch.as_ref(), answered_by)
     }
 
-    /// The request rewritten for the upstream: hop-by-hop headers removed,
-    /// forwarding headers set from what the gateway observed, a `Host`
-    /// made from HTTP/2's `:authority`, and the body made replayable where
-    /// it can be.
-    async fn rewrite(&self, req: Request<Body>, retry_buffer: u64) -> Result<Outgoing, GatewayError> {
+    /// The request rewritten for the upstream (hop-by-hop headers removed,
+    /// forwarding headers set from what the gateway observed, a `Host` made
+    /// from HTTP/2's `:authority`), with no body yet, and its body.
+    fn rewrite(&self, req: Request<Body>) -> Result<(Outgoing, Body), GatewayError> {
         let client = req
             .extensions()
             .get::<ClientInfo>()
@@ -351,14 +363,14 @@ impl Proxy {
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-        let replay = prepare_body(&parts, body, retry_buffer, watch.as_ref()).await?;
-        Ok(Outgoing {
+        let outgoing = Outgoing {
             parts,
             path_and_query,
             has_host,
-            replay,
+            replay: Replay::Empty,
             watch,
-        })
+        };
+        Ok((outgoing, body))
     }
 
     /// One try against one replica, with passive health bookkeeping: only
@@ -477,14 +489,15 @@ impl Outgoing {
 }
 
 /// Decides how the body travels: empty, buffered or streamed once. A body
-/// declared at most `retry_buffer` long is read in full before any replica
-/// is contacted (as nginx's request buffering): a client slow to send it
-/// then holds no upstream connection, and an idempotent request can be
-/// retried after it was sent. Larger or unannounced bodies stream. The
-/// stack has already bounded the body (see `client_body`).
+/// of at most `retry_buffer` bytes, announced or not, is read in full
+/// before any replica is contacted (as nginx's request buffering): a
+/// client slow to send it then holds no upstream connection, and an
+/// idempotent request can be retried after it was sent. A longer body
+/// streams (what was read first goes ahead of the rest). The stack has
+/// already bounded the body (see `client_body`).
 async fn prepare_body(
     parts: &http::request::Parts,
-    body: Body,
+    mut body: Body,
     retry_buffer: u64,
     watch: Option<&BodyWatch>,
 ) -> Result<Replay, GatewayError> {
@@ -496,17 +509,74 @@ async fn prepare_body(
     if http_body::Body::is_end_stream(&body) || declared == Some(0) {
         return Ok(Replay::Empty);
     }
-    if declared.is_some_and(|n| n <= retry_buffer) {
-        return match body.collect().await {
-            Ok(collected) => Ok(Replay::Buffered(collected.to_bytes())),
-            Err(e) => Err(client_error(watch)
-                .unwrap_or_else(|| GatewayError::BadRequest(format!("cannot read the request body: {e}")))),
-        };
+    let mut read = Vec::new();
+    if declared.is_none_or(|n| n <= retry_buffer) {
+        let mut size = 0;
+        while size <= retry_buffer {
+            match body.frame().await {
+                None => return Ok(Replay::Buffered(concat(read))),
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        size += data.len() as u64;
+                        read.push(data);
+                    }
+                }
+                Some(Err(e)) => {
+                    return Err(client_error(watch)
+                        .unwrap_or_else(|| GatewayError::BadRequest(format!("cannot read the request body: {e}"))));
+                }
+            }
+        }
     }
+    let body = if read.is_empty() {
+        body
+    } else {
+        Body::new(Prefixed {
+            read: read.into(),
+            rest: body,
+        })
+    };
     Ok(Replay::Once(OnceSlot {
         body: Arc::new(Mutex::new(Some(body))),
         started: Arc::new(AtomicBool::new(false)),
     }))
+}
+
+/// The chunks as one buffer (no copy for one chunk).
+fn concat(mut chunks: Vec<Bytes>) -> Bytes {
+    if chunks.len() == 1 {
+        return chunks.pop().unwrap_or_default();
+    }
+    let mut all = bytes::BytesMut::with_capacity(chunks.iter().map(Bytes::len).sum());
+    for chunk in chunks {
+        all.extend_from_slice(&chunk);
+    }
+    all.freeze()
+}
+
+/// A body whose first chunks were already read: those, then the rest.
+struct Prefixed {
+    read: std::collections::VecDeque<Bytes>,
+    rest: Body,
+}
+
+impl http_body::Body for Prefixed {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        match self.read.pop_front() {
+            Some(data) => Poll::Ready(Some(Ok(http_body::Frame::data(data)))),
+            None => Pin::new(&mut self.rest).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.read.is_empty() && self.rest.is_end_stream()
+    }
 }
 
 /// The answer for a client body that failed, if it did.

@@ -14,6 +14,7 @@
 //! `gateway_request_errors_total{origin="client",reason="send_timeout"}`.
 
 use crate::activity::{SendContext, StreamWatch};
+use crate::errors::ConnectionFault;
 use crate::metrics::Metrics;
 use std::io;
 use std::pin::Pin;
@@ -191,7 +192,7 @@ impl<F: Future<Output = ()>> Future for Watched<F> {
             return Poll::Pending;
         }
         tracing::debug!("HTTP/2 stream reset: the client took no bytes within the send timeout");
-        this.metrics.request_error("client", "send_timeout");
+        ConnectionFault::SendTimeout.count(&this.metrics);
         Poll::Ready(())
     }
 }

@@ -8,6 +8,7 @@ use crate::activity::{Activity, SendContext};
 use crate::client_body::Lingering;
 use crate::client_ip::{KeyPrefixes, TrustedProxies};
 use crate::config::{ClientIpSettings, Limits};
+use crate::errors::ConnectionFault;
 use crate::metrics::{Metrics, WorkerLabels};
 use crate::proxy_protocol;
 use crate::rate_limit::Key;
@@ -544,15 +545,15 @@ impl Drop for RequestAnswered {
 /// doing: hyper answers a malformed (400) or oversized (431) head, or a
 /// late one, before any layer sees a request.
 fn count_connection_error(error: &(dyn std::error::Error + 'static), peer: SocketAddr, metrics: &Metrics) {
-    let reason = match error.downcast_ref::<hyper::Error>() {
-        Some(e) if e.is_parse_too_large() => Some("header_too_large"),
-        Some(e) if e.is_parse() => Some("bad_request"),
-        Some(e) if e.is_timeout() => Some("header_timeout"),
-        _ if send_timeout::is_send_timeout(error) => Some("send_timeout"),
+    let fault = match error.downcast_ref::<hyper::Error>() {
+        Some(e) if e.is_parse_too_large() => Some(ConnectionFault::HeaderTooLarge),
+        Some(e) if e.is_parse() => Some(ConnectionFault::BadHead),
+        Some(e) if e.is_timeout() => Some(ConnectionFault::HeaderTimeout),
+        _ if send_timeout::is_send_timeout(error) => Some(ConnectionFault::SendTimeout),
         _ => None,
     };
-    if let Some(reason) = reason {
-        metrics.request_error("client", reason);
+    if let Some(fault) = fault {
+        fault.count(metrics);
     }
-    tracing::debug!(%peer, %error, reason, "connection ended with an error");
+    tracing::debug!(%peer, %error, reason = fault.map(ConnectionFault::reason), "connection ended with an error");
 }

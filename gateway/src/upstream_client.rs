@@ -28,19 +28,19 @@
 //! the replica being late).
 
 use crate::balancer::{InFlight, Upstream};
-use crate::client_body::BodyWatch;
+use crate::body_watch::BodyWatch;
+use crate::upstream_pool::{OpenPlace, Reserve, RuntimePool};
 use axum::body::Body;
 use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
-use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// An upstream and the connection pools that reach its replicas.
 #[derive(Debug)]
@@ -95,94 +95,25 @@ struct Pools {
     sweeping: AtomicBool,
 }
 
-/// A runtime's connections, in an allocation of its own: a worker's
-/// requests lock it and count references to it, no other worker does.
-#[derive(Debug)]
-#[repr(align(64))]
-struct RuntimePool {
-    replicas: Mutex<Vec<Replica>>,
-    keepalive_timeout: Duration,
-    max_idle: usize,
-    /// This runtime's share of `max_connections` per replica.
-    max_open: usize,
-    /// This runtime's share of `max_queue` per replica.
-    max_queue: usize,
-}
-
-#[derive(Debug)]
-struct Replica {
-    addr: SocketAddr,
-    /// Oldest first; checkout takes the newest, a full pool drops the oldest.
-    idle: VecDeque<Idle>,
-    /// Connections open from this runtime, idle or busy.
-    open: usize,
-    /// Requests waiting for one of them.
-    waiting: usize,
-    /// Wakes one waiter when a connection comes back or closes.
-    freed: Arc<tokio::sync::Notify>,
-}
-
-impl Replica {
-    fn new(addr: SocketAddr) -> Self {
-        Self {
-            addr,
-            idle: VecDeque::new(),
-            open: 0,
-            waiting: 0,
-            freed: Arc::default(),
-        }
-    }
-
-    /// Wakes a waiter, if any, for a connection that came free.
-    fn wake_one(&self) {
-        if self.waiting > 0 {
-            self.freed.notify_one();
-        }
-    }
-}
-
-/// What a request gets from its runtime's pool.
-enum Reserve {
-    /// A pooled connection.
-    Idle(SendRequest<Body>),
-    /// Room for a new connection (already counted open).
-    Connect,
-    /// Every connection is busy: wait to be woken (already counted waiting).
-    Wait(Arc<tokio::sync::Notify>),
-    /// Busy, and the queue is full.
-    Full,
-}
-
-#[derive(Debug)]
-struct Idle {
-    sender: SendRequest<Body>,
-    since: Instant,
-}
-
-impl Idle {
-    /// Still open and idle for less than `keepalive_timeout`.
-    fn is_live(&self, keepalive_timeout: Duration) -> bool {
-        self.since.elapsed() < keepalive_timeout && !self.sender.is_closed()
-    }
-}
-
 impl UpstreamClient {
     /// Pools with the upstream's connect timeout and keep-alive settings for
     /// `workers` workers and the control runtime.
     pub fn new(upstream: Arc<Upstream>, workers: usize) -> Self {
         let s = &upstream.settings;
-        let share = |n: usize| n.div_ceil(workers.max(1)).max(1);
+        // Each worker gets an even share of the caps (at least one
+        // connection; no queue when max_queue is 0). The control runtime's
+        // pool has the same share: it runs the health checks, one
+        // connection per replica at a time.
+        let workers = workers.max(1);
+        let open = (s.max_connections / workers).max(1);
+        let queue = if s.max_queue == 0 {
+            0
+        } else {
+            (s.max_queue / workers).max(1)
+        };
         let pools = Arc::new(Pools {
             runtimes: (0..=workers)
-                .map(|_| {
-                    Arc::new(RuntimePool {
-                        replicas: Mutex::new(Vec::new()),
-                        keepalive_timeout: s.keepalive_timeout,
-                        max_idle: s.keepalive_max_idle,
-                        max_open: share(s.max_connections),
-                        max_queue: share(s.max_queue),
-                    })
-                })
+                .map(|_| Arc::new(RuntimePool::new(s.keepalive_timeout, s.keepalive_max_idle, open, queue)))
                 .collect(),
             connect_timeout: s.connect_timeout,
             response_timeout: s.response_timeout,
@@ -194,6 +125,8 @@ impl UpstreamClient {
 
     /// Sends `req` to the replica at `addr` on the calling worker's pool;
     /// `watch` reports on the client's body, if it is still arriving.
+    /// Cancelling it (dropping the future) at any point gives back what it
+    /// held: its place in the queue, or the connection it was opening.
     pub async fn send(
         &self,
         addr: SocketAddr,
@@ -205,23 +138,21 @@ impl UpstreamClient {
         loop {
             let (mut sender, pooled) = match pool.reserve(addr) {
                 Reserve::Idle(sender) => (sender, true),
-                Reserve::Connect => {
-                    self.pools.start_sweep(pool.keepalive_timeout);
-                    (self.pools.connect(pool, addr).await?, false)
+                Reserve::Connect(place) => {
+                    self.pools.start_sweep(pool.keepalive_timeout());
+                    (self.pools.connect(place, addr).await?, false)
                 }
-                Reserve::Wait(freed) => {
+                Reserve::Wait(place) => {
                     let until =
                         *queued_until.get_or_insert_with(|| tokio::time::Instant::now() + self.pools.queue_timeout);
-                    let woken = tokio::time::timeout_at(until, freed.notified()).await;
-                    pool.unqueue(addr);
-                    if woken.is_err() {
+                    if !place.woken_before(until).await {
                         return Err(SendError::Busy);
                     }
                     continue;
                 }
                 Reserve::Full => return Err(SendError::Busy),
             };
-            if pooled && sender.ready().await.is_err() {
+            if pooled && !self.pools.ready(&mut sender).await {
                 continue; // closed while idle
             }
             let answer = answer_within(sender.try_send_request(req), self.pools.response_timeout, watch);
@@ -231,6 +162,7 @@ impl UpstreamClient {
                         sender,
                         pool: pool.clone(),
                         addr,
+                        request: watch.cloned(),
                     };
                     return Ok(response.map(|body| UpstreamBody {
                         inner: body,
@@ -245,85 +177,6 @@ impl UpstreamClient {
                     None => return Err(SendError::Http(e.into_error())),
                 },
             }
-        }
-    }
-}
-
-impl RuntimePool {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Replica>> {
-        self.replicas.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// The newest live idle connection to `addr` (expired ones dropped), or
-    /// room for a new one, or a place in the queue for one.
-    fn reserve(&self, addr: SocketAddr) -> Reserve {
-        let mut replicas = self.lock();
-        let index = match replicas.iter().position(|r| r.addr == addr) {
-            Some(i) => i,
-            None => {
-                replicas.push(Replica::new(addr));
-                replicas.len() - 1
-            }
-        };
-        let replica = &mut replicas[index];
-        while let Some(idle) = replica.idle.pop_back() {
-            if idle.is_live(self.keepalive_timeout) {
-                return Reserve::Idle(idle.sender);
-            }
-        }
-        if replica.open < self.max_open {
-            replica.open += 1;
-            return Reserve::Connect;
-        }
-        if replica.waiting >= self.max_queue {
-            return Reserve::Full;
-        }
-        replica.waiting += 1;
-        Reserve::Wait(replica.freed.clone())
-    }
-
-    /// A waiter leaves the queue (woken or timed out).
-    fn unqueue(&self, addr: SocketAddr) {
-        if let Some(r) = self.lock().iter_mut().find(|r| r.addr == addr) {
-            r.waiting -= 1;
-        }
-    }
-
-    /// A connection to `addr` closed (or was never made): its place is free.
-    fn release(&self, addr: SocketAddr) {
-        if let Some(r) = self.lock().iter_mut().find(|r| r.addr == addr) {
-            r.open -= 1;
-            r.wake_one();
-        }
-    }
-
-    /// Drops expired and closed idle connections, and replicas with
-    /// nothing left to track.
-    fn sweep(&self) {
-        let mut replicas = self.lock();
-        for replica in replicas.iter_mut() {
-            replica.idle.retain(|i| i.is_live(self.keepalive_timeout));
-        }
-        replicas.retain(|r| !r.idle.is_empty() || r.open > 0 || r.waiting > 0);
-    }
-
-    /// Back into the pool, unless closed or the pool is full (the oldest goes).
-    fn put(&self, addr: SocketAddr, sender: SendRequest<Body>) {
-        if sender.is_closed() || self.max_idle == 0 {
-            return;
-        }
-        let idle = Idle {
-            sender,
-            since: Instant::now(),
-        };
-        let mut replicas = self.lock();
-        // The replica is tracked for as long as a connection to it is open.
-        if let Some(replica) = replicas.iter_mut().find(|r| r.addr == addr) {
-            if replica.idle.len() >= self.max_idle {
-                replica.idle.pop_front();
-            }
-            replica.idle.push_back(idle);
-            replica.wake_one();
         }
     }
 }
@@ -358,26 +211,28 @@ impl Pools {
         }
     }
 
-    /// A new connection for a place `pool` has counted open, driven by a
-    /// task on the calling runtime; the place is freed when the connection
-    /// closes, or at once if it cannot be made.
-    async fn connect(&self, pool: &Arc<RuntimePool>, addr: SocketAddr) -> Result<SendRequest<Body>, SendError> {
-        let made = self.handshake(addr).await;
-        let (sender, connection) = match made {
-            Ok(pair) => pair,
-            Err(e) => {
-                pool.release(addr);
-                return Err(e);
-            }
-        };
-        let pool = pool.clone();
+    /// A new connection in `place`, driven by a task on the calling
+    /// runtime, which holds the place until the connection closes; if the
+    /// connection cannot be made (or this is cancelled), the place is
+    /// freed at once.
+    async fn connect(&self, place: OpenPlace, addr: SocketAddr) -> Result<SendRequest<Body>, SendError> {
+        let (sender, connection) = self.handshake(addr).await?;
         tokio::spawn(async move {
             if let Err(error) = connection.await {
                 tracing::debug!(%addr, %error, "upstream connection ended with an error");
             }
-            pool.release(addr);
+            drop(place);
         });
         Ok(sender)
+    }
+
+    /// Whether a pooled connection can take a request: normally at once; a
+    /// connection not ready within `connect_timeout` counts as closed.
+    async fn ready(&self, sender: &mut SendRequest<Body>) -> bool {
+        matches!(
+            tokio::time::timeout(self.connect_timeout, sender.ready()).await,
+            Ok(Ok(()))
+        )
     }
 
     async fn handshake(
@@ -417,8 +272,10 @@ impl Pools {
 struct Elapsed;
 
 /// Waits for the replica's answer, at most `timeout` after it has had the
-/// whole request: while a client is still sending its body (each wait for
-/// bytes bounded by the body's own timeout), the replica is not late.
+/// whole request. While the client is still sending its body, the replica
+/// is late only if it leaves bytes untaken for `timeout` (it stopped
+/// reading); waiting for the client is not its fault, and the body's own
+/// timeout bounds that.
 async fn answer_within<F: Future>(send: F, timeout: Duration, watch: Option<&BodyWatch>) -> Result<F::Output, Elapsed> {
     let Some(watch) = watch.filter(|w| w.ended_at().is_none()) else {
         return tokio::time::timeout(timeout, send).await.map_err(|_| Elapsed);
@@ -432,25 +289,31 @@ async fn answer_within<F: Future>(send: F, timeout: Duration, watch: Option<&Bod
             () = tokio::time::sleep_until(deadline) => {}
         }
         let now = tokio::time::Instant::now();
-        deadline = match watch.ended_at() {
-            Some(ended) if ended + timeout <= now => return Err(Elapsed),
-            Some(ended) => ended + timeout,
+        deadline = match watch.ended_at().or_else(|| watch.handed_at()) {
+            Some(since) if since + timeout <= now => return Err(Elapsed),
+            Some(since) => since + timeout,
             None => now + timeout,
         };
     }
 }
 
-/// What returns a connection to its pool once its response is complete.
+/// What returns a connection to its pool once its exchange is complete.
 #[derive(Debug)]
 struct Reuse {
     sender: SendRequest<Body>,
     pool: Arc<RuntimePool>,
     addr: SocketAddr,
+    /// The client's body, if one was streamed: a replica may answer before
+    /// it has all of it, and a connection still sending a request body is
+    /// not free for another.
+    request: Option<BodyWatch>,
 }
 
 impl Reuse {
     fn give_back(self) {
-        self.pool.put(self.addr, self.sender);
+        if self.request.is_none_or(|w| w.ended_at().is_some()) {
+            self.pool.put(self.addr, self.sender);
+        }
     }
 }
 

@@ -7,30 +7,13 @@ mod common;
 
 use common::raw::RawClient;
 use common::upstream::{addrs, replicas};
-use common::{TestGateway, config_text, dev_cert, metric, spawn_gateway, upstream_text};
+use common::{TestGateway, metric, plain_gateway};
 use reqwest::StatusCode;
 use std::time::{Duration, Instant};
 
-/// A gateway proxying plain HTTP to `rs` with `upstream_extra` in the
-/// upstream table and `rest` after it.
-async fn gateway(rs: &[common::upstream::Replica], upstream_extra: &str, rest: &str) -> TestGateway {
-    let dir = tempfile::tempdir().expect("dir");
-    dev_cert(dir.path());
-    let text = config_text(
-        dir.path(),
-        "http_mode = \"proxy\"",
-        &format!("{}\n{rest}", upstream_text(&addrs(rs), upstream_extra)),
-    );
-    spawn_gateway(dir, &text).await
-}
-
-fn http_url(gw: &TestGateway, path: &str) -> String {
-    format!("http://{}{path}", gw.http.expect("http"))
-}
-
 /// The replica still serves a well-behaved client (it was not ejected).
 async fn assert_replica_serves(gw: &TestGateway) {
-    let answer = reqwest::get(http_url(gw, "/whoami")).await.expect("sent");
+    let answer = reqwest::get(gw.http_url("/whoami")).await.expect("sent");
     assert_eq!(
         answer.status(),
         StatusCode::OK,
@@ -42,7 +25,7 @@ async fn assert_replica_serves(gw: &TestGateway) {
 #[tokio::test]
 async fn malformed_chunked_bodies_are_400s_and_never_eject_the_replica() {
     let rs = replicas(1).await;
-    let gw = gateway(&rs, "max_fails = 2", "").await;
+    let gw = plain_gateway(&addrs(&rs), "", "max_fails = 2", "").await;
     let to = gw.http.expect("http");
     for i in 0..4 {
         let mut client = RawClient::connect("127.0.0.2", to).await;
@@ -75,7 +58,7 @@ async fn malformed_chunked_bodies_are_400s_and_never_eject_the_replica() {
 #[tokio::test]
 async fn bodies_cut_short_never_eject_the_replica() {
     let rs = replicas(1).await;
-    let gw = gateway(&rs, "max_fails = 2", "").await;
+    let gw = plain_gateway(&addrs(&rs), "", "max_fails = 2", "").await;
     let to = gw.http.expect("http");
     for _ in 0..4 {
         // Announces 100 bytes, sends 5, and hangs up.
@@ -95,8 +78,9 @@ async fn a_stalled_upload_is_a_408_not_a_504_and_never_ejects_the_replica() {
     let rs = replicas(1).await;
     // The replica's response timeout is shorter than the body timeout: an
     // upload that stalls must still be the client's 408, not a 504.
-    let gw = gateway(
-        &rs,
+    let gw = plain_gateway(
+        &addrs(&rs),
+        "",
         "max_fails = 2\nresponse_timeout = \"200ms\"",
         "[limits]\nbody_read_timeout = \"400ms\"",
     )
@@ -128,8 +112,9 @@ async fn a_slow_but_steady_upload_is_not_the_replicas_timeout() {
     let rs = replicas(1).await;
     // Each gap is under the body timeout; the whole upload takes far longer
     // than the replica's response timeout, which starts at its last byte.
-    let gw = gateway(
-        &rs,
+    let gw = plain_gateway(
+        &addrs(&rs),
+        "",
         "response_timeout = \"300ms\"",
         "[limits]\nbody_read_timeout = \"500ms\"",
     )
@@ -150,8 +135,9 @@ async fn a_slow_but_steady_upload_is_not_the_replicas_timeout() {
 #[tokio::test]
 async fn a_body_that_never_comes_gives_its_in_flight_place_back_at_the_body_timeout() {
     let rs = replicas(1).await;
-    let gw = gateway(
-        &rs,
+    let gw = plain_gateway(
+        &addrs(&rs),
+        "",
         "",
         "[limits]\nmax_requests_in_flight = 3\nbody_read_timeout = \"500ms\"",
     )
@@ -167,11 +153,75 @@ async fn a_body_that_never_comes_gives_its_in_flight_place_back_at_the_body_time
         stalled.push(client);
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let during = reqwest::get(http_url(&gw, "/whoami")).await.expect("sent").status();
+    let during = reqwest::get(gw.http_url("/whoami")).await.expect("sent").status();
     assert_eq!(during, StatusCode::SERVICE_UNAVAILABLE, "the places are taken for now");
     for client in &mut stalled {
         let answer = client.answer(Duration::from_secs(5)).await.expect("an answer");
         assert_eq!(answer.status, 408, "{answer:?}");
     }
     assert_replica_serves(&gw).await;
+}
+
+#[tokio::test]
+async fn a_small_body_sent_without_a_length_is_read_in_full_before_a_replica_is_contacted() {
+    let rs = replicas(1).await;
+    let gw = plain_gateway(&addrs(&rs), "", "", "[limits]\nbody_read_timeout = \"400ms\"").await;
+    let mut client = RawClient::connect("127.0.0.2", gw.http.expect("http")).await;
+    // /status answers without reading the body: had the request been
+    // forwarded, the replica would have answered 200 at once.
+    client
+        .send(b"POST /status?code=200 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n64\r\n")
+        .await;
+    client.send(&[b'a'; 100]).await;
+    let answer = client.answer(Duration::from_secs(5)).await.expect("an answer");
+    assert_eq!(answer.status, 408, "{answer:?}");
+    assert_eq!(rs[0].hits(), 0, "the replica was never contacted");
+}
+
+#[tokio::test]
+async fn a_replica_that_stops_reading_a_streamed_body_is_late_not_the_client() {
+    let rs = replicas(1).await;
+    // The replica sleeps without reading; the body is far larger than the
+    // socket buffers between them, so the gateway's writes block.
+    let gw = plain_gateway(
+        &addrs(&rs),
+        "",
+        "response_timeout = \"500ms\"\nmax_tries = 1",
+        "[limits]\nmax_body = \"64MiB\"\nbody_read_timeout = \"30s\"",
+    )
+    .await;
+    let size = 48 * 1024 * 1024;
+    let stream = tokio::net::TcpStream::connect(gw.http.expect("http"))
+        .await
+        .expect("connect");
+    let (mut read, mut write) = stream.into_split();
+    let head = format!("POST /sleep?ms=20000 HTTP/1.1\r\nHost: x\r\nContent-Length: {size}\r\n\r\n");
+    let writer = tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        let _ = write.write_all(head.as_bytes()).await;
+        let chunk = vec![b'x'; 64 * 1024];
+        for _ in 0..size / chunk.len() {
+            if write.write_all(&chunk).await.is_err() {
+                break;
+            }
+        }
+    });
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&answer).contains("\r\n\r\n") {
+        use tokio::io::AsyncReadExt;
+        match tokio::time::timeout(Duration::from_secs(10), read.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => answer.extend_from_slice(&buf[..n]),
+            other => panic!("no answer after {:?}: {other:?}", started.elapsed()),
+        }
+    }
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 504"), "{answer}");
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "answered after {:?}",
+        started.elapsed()
+    );
+    writer.abort();
 }

@@ -7,42 +7,19 @@
 mod common;
 
 use common::raw::RawClient;
-use common::upstream::{Replica, addrs, replicas};
-use common::{TestGateway, config_text, dev_cert, metric, spawn_gateway, upstream_text};
+use common::upstream::{addrs, replicas};
+use common::{TestGateway, client_from, metric, plain_gateway};
 use http_body_util::BodyExt;
 use reqwest::StatusCode;
-use std::net::IpAddr;
 use std::time::{Duration, Instant};
-
-/// A gateway proxying plain HTTP to `rs` with `server_extra` in `[server]`,
-/// `upstream_extra` in the upstream table and `rest` after it.
-async fn gateway(rs: &[Replica], server_extra: &str, upstream_extra: &str, rest: &str) -> TestGateway {
-    let dir = tempfile::tempdir().expect("dir");
-    dev_cert(dir.path());
-    let text = config_text(
-        dir.path(),
-        &format!("http_mode = \"proxy\"\n{server_extra}"),
-        &format!("{}\n{rest}", upstream_text(&addrs(rs), upstream_extra)),
-    );
-    spawn_gateway(dir, &text).await
-}
-
-fn http_url(gw: &TestGateway, path: &str) -> String {
-    format!("http://{}{path}", gw.http.expect("http"))
-}
-
-fn client_from(ip: &str) -> reqwest::Client {
-    let ip: IpAddr = ip.parse().expect("ip");
-    reqwest::Client::builder().local_address(ip).build().expect("client")
-}
 
 #[tokio::test]
 async fn a_response_the_client_never_reads_is_cut_at_the_send_timeout_and_frees_its_upstream_connection() {
     let rs = replicas(1).await;
     // One connection to the replica: the next request needs the one the
     // unread response holds.
-    let gw = gateway(
-        &rs,
+    let gw = plain_gateway(
+        &addrs(&rs),
         "workers = 1",
         "max_connections = 1\nqueue_timeout = \"10s\"",
         "[limits]\nsend_timeout = \"500ms\"",
@@ -53,7 +30,7 @@ async fn a_response_the_client_never_reads_is_cut_at_the_send_timeout_and_frees_
     tokio::time::sleep(Duration::from_millis(200)).await;
     let started = Instant::now();
     let next = client_from("127.0.0.3")
-        .get(http_url(&gw, "/whoami"))
+        .get(gw.http_url("/whoami"))
         .send()
         .await
         .expect("sent");
@@ -79,7 +56,7 @@ async fn a_response_the_client_never_reads_is_cut_at_the_send_timeout_and_frees_
 #[tokio::test]
 async fn an_http2_stream_left_without_window_is_reset_and_the_connections_other_streams_go_on() {
     let rs = replicas(1).await;
-    let gw = gateway(&rs, "", "", "[limits]\nsend_timeout = \"500ms\"").await;
+    let gw = plain_gateway(&addrs(&rs), "", "", "[limits]\nsend_timeout = \"500ms\"").await;
     let stream = tokio::net::TcpStream::connect(gw.http.expect("http"))
         .await
         .expect("connect");
@@ -112,8 +89,8 @@ async fn an_http2_stream_left_without_window_is_reset_and_the_connections_other_
 #[tokio::test]
 async fn requests_beyond_a_replicas_connection_cap_wait_in_a_bounded_queue() {
     let rs = replicas(1).await;
-    let gw = gateway(
-        &rs,
+    let gw = plain_gateway(
+        &addrs(&rs),
         "workers = 1",
         "max_connections = 2\nmax_queue = 1\nqueue_timeout = \"5s\"",
         "",
@@ -123,7 +100,7 @@ async fn requests_beyond_a_replicas_connection_cap_wait_in_a_bounded_queue() {
     let tasks: Vec<_> = (0..4)
         .map(|n| {
             let client = client_from(&format!("127.0.2.{}", n + 1));
-            let url = http_url(&gw, "/slow?ms=1000");
+            let url = gw.http_url("/slow?ms=1000");
             tokio::spawn(async move {
                 tokio::time::sleep(Duration::from_millis(30 * n)).await;
                 let status = client.get(url).send().await.expect("sent").status();
@@ -156,7 +133,7 @@ async fn requests_beyond_a_replicas_connection_cap_wait_in_a_bounded_queue() {
     );
     // The gateway's own limit never counts against the replica.
     assert_eq!(
-        common::status(&client_from("127.0.2.9"), &http_url(&gw, "/whoami")).await,
+        common::status(&client_from("127.0.2.9"), &gw.http_url("/whoami")).await,
         StatusCode::OK
     );
     assert_eq!(
@@ -169,30 +146,67 @@ async fn requests_beyond_a_replicas_connection_cap_wait_in_a_bounded_queue() {
 }
 
 #[tokio::test]
+async fn a_connection_still_sending_a_request_body_is_not_given_to_another_request() {
+    let rs = replicas(1).await;
+    // One pool; bodies over 1 KiB stream; a pooled connection that is not
+    // ready would hold the next request for the whole connect timeout.
+    let gw = plain_gateway(
+        &addrs(&rs),
+        "workers = 1",
+        "retry_buffer = \"1KiB\"\nconnect_timeout = \"5s\"",
+        "",
+    )
+    .await;
+    let mut uploader = RawClient::connect("127.0.0.2", gw.http.expect("http")).await;
+    // /status answers without reading: the answer comes while the body,
+    // 2 KiB then a stall, is still being sent.
+    uploader
+        .send(b"POST /status?code=200 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n800\r\n")
+        .await;
+    uploader.send(&[b'a'; 2048]).await;
+    uploader.send(b"\r\n").await;
+    let early = uploader.answer(Duration::from_secs(5)).await.expect("an early answer");
+    assert_eq!(early.status, 200, "{early:?}");
+    let started = Instant::now();
+    let next = client_from("127.0.0.3")
+        .get(gw.http_url("/whoami"))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(next.status(), StatusCode::OK);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the next request waited {:?} for a connection still sending",
+        started.elapsed()
+    );
+    drop(uploader);
+}
+
+#[tokio::test]
 async fn one_client_cannot_hold_more_than_its_share_of_in_flight_requests() {
     let rs = replicas(1).await;
-    let gw = gateway(&rs, "", "", "[limits]\nmax_requests_in_flight_per_client = 3").await;
+    let gw = plain_gateway(&addrs(&rs), "", "", "[limits]\nmax_requests_in_flight_per_client = 3").await;
     let heavy = client_from("127.0.3.1");
     let slow: Vec<_> = (0..3)
         .map(|_| {
-            let (client, url) = (heavy.clone(), http_url(&gw, "/slow?ms=1500"));
+            let (client, url) = (heavy.clone(), gw.http_url("/slow?ms=1500"));
             tokio::spawn(async move { client.get(url).send().await.expect("sent").status() })
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let fourth = heavy.get(http_url(&gw, "/whoami")).send().await.expect("sent");
+    let fourth = heavy.get(gw.http_url("/whoami")).send().await.expect("sent");
     assert_eq!(fourth.status(), StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(fourth.headers()["retry-after"], "1");
     // Everyone else is served meanwhile.
     for n in 2..6 {
         let other = client_from(&format!("127.0.3.{n}"));
-        assert_eq!(common::status(&other, &http_url(&gw, "/whoami")).await, StatusCode::OK);
+        assert_eq!(common::status(&other, &gw.http_url("/whoami")).await, StatusCode::OK);
     }
     for t in slow {
         assert_eq!(t.await.expect("task"), StatusCode::OK);
     }
     assert_eq!(
-        common::status(&heavy, &http_url(&gw, "/whoami")).await,
+        common::status(&heavy, &gw.http_url("/whoami")).await,
         StatusCode::OK,
         "places came back"
     );
@@ -223,8 +237,8 @@ async fn through_balancer(gw: &TestGateway, source: &str, open: &mut Vec<RawClie
 #[tokio::test]
 async fn per_client_connection_caps_count_the_proxy_headers_client_and_ipv6_by_its_64() {
     let rs = replicas(1).await;
-    let gw = gateway(
-        &rs,
+    let gw = plain_gateway(
+        &addrs(&rs),
         "",
         "",
         "[limits]\nmax_connections_per_ip = 2\n[client_ip]\ntrusted_proxies = [\"127.0.0.1/32\"]\nproxy_protocol = true\n",

@@ -5,7 +5,7 @@
 mod common;
 
 use common::upstream::{Replica, addrs, replicas};
-use common::{TestGateway, config_text, dev_cert, metric, upstream_text};
+use common::{TestGateway, client_from, config_text, dev_cert, metric, upstream_text};
 use reqwest::StatusCode;
 use serde_json::Value;
 use std::io::{Read, Write};
@@ -14,15 +14,6 @@ use std::time::{Duration, Instant};
 
 async fn limited(rs: &[Replica], limits: &str) -> TestGateway {
     common::http_gateway(&addrs(rs), limits).await
-}
-
-fn http_url(gw: &TestGateway, path: &str) -> String {
-    format!("http://{}{path}", gw.http.expect("http listener"))
-}
-
-fn client_from(ip: &str) -> reqwest::Client {
-    let ip: IpAddr = ip.parse().expect("ip");
-    reqwest::Client::builder().local_address(ip).build().expect("client")
 }
 
 #[tokio::test]
@@ -38,7 +29,7 @@ async fn one_client_at_100_per_second_for_5_seconds_gets_110_through_at_20_per_s
     let (mut ok, mut refused) = (0, 0);
     for i in 0..500u32 {
         tokio::time::sleep_until(start + Duration::from_millis(u64::from(i) * 10)).await;
-        match common::status(&client, &http_url(&gw, "/whoami")).await {
+        match common::status(&client, &gw.http_url("/whoami")).await {
             StatusCode::OK => ok += 1,
             StatusCode::TOO_MANY_REQUESTS => refused += 1,
             other => panic!("unexpected {other}"),
@@ -54,12 +45,12 @@ async fn with_burst_zero_the_second_request_10ms_later_is_refused_with_full_answ
     let rs = replicas(1).await;
     let gw = limited(&rs, "[rate_limits.per_ip]\nrate = \"20r/s\"\nnodelay = true").await;
     let client = client_from("127.0.0.1");
-    let first = client.get(http_url(&gw, "/whoami")).send().await.expect("sent");
+    let first = client.get(gw.http_url("/whoami")).send().await.expect("sent");
     assert_eq!(first.status(), StatusCode::OK);
     assert_eq!(first.headers()["ratelimit-policy"], "\"per_ip\";q=20;w=1");
     assert_eq!(first.headers()["ratelimit"], "\"per_ip\";r=0;t=1");
     tokio::time::sleep(Duration::from_millis(10)).await;
-    let second = client.get(http_url(&gw, "/whoami")).send().await.expect("sent");
+    let second = client.get(gw.http_url("/whoami")).send().await.expect("sent");
     assert_eq!(second.status(), StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(
         second.headers()["retry-after"],
@@ -99,7 +90,7 @@ async fn delay_mode_holds_requests_within_the_burst_and_refuses_beyond_it() {
     let started = Instant::now();
     let mut tasks = Vec::new();
     for i in 0..4u64 {
-        let (c, url) = (client.clone(), http_url(&gw, "/whoami"));
+        let (c, url) = (client.clone(), gw.http_url("/whoami"));
         tasks.push(tokio::spawn(async move {
             // Far enough apart that they reach the limiter in order even
             // when the workers are busy with other tests.
@@ -128,7 +119,7 @@ async fn delay_mode_holds_requests_within_the_burst_and_refuses_beyond_it() {
 async fn five_hundred_clients_at_15_per_second_pass_while_a_noisy_neighbour_is_limited() {
     let rs = replicas(1).await;
     let gw = limited(&rs, "[rate_limits.per_ip]\nrate = \"20r/s\"\nburst = 5\nnodelay = true").await;
-    let url = http_url(&gw, "/whoami");
+    let url = gw.http_url("/whoami");
     let mut quiet = Vec::new();
     for n in 0..500u32 {
         let ip = format!("127.1.{}.{}", n / 250, n % 250 + 1);
@@ -168,8 +159,7 @@ async fn a_spoofed_forwarded_for_from_an_untrusted_peer_does_not_change_the_key(
     let rs = replicas(1).await;
     let gw = limited(&rs, "[rate_limits.per_ip]\nrate = \"1r/s\"\nnodelay = true").await;
     let client = client_from("127.0.0.1");
-    let statuses: Vec<u16> =
-        futures_statuses(&client, &http_url(&gw, "/echo"), &["1.1.1.1", "2.2.2.2", "3.3.3.3"]).await;
+    let statuses: Vec<u16> = futures_statuses(&client, &gw.http_url("/echo"), &["1.1.1.1", "2.2.2.2", "3.3.3.3"]).await;
     assert_eq!(statuses, [200, 429, 429]);
 }
 
@@ -182,7 +172,7 @@ async fn a_trusted_proxy_forwards_distinct_clients() {
     )
     .await;
     let proxy = client_from("127.0.0.1");
-    let url = http_url(&gw, "/echo");
+    let url = gw.http_url("/echo");
     let statuses = futures_statuses(&proxy, &url, &["198.51.100.1", "198.51.100.2", "6.6.6.6, 198.51.100.1"]).await;
     assert_eq!(
         statuses,
@@ -315,18 +305,15 @@ async fn the_allowlist_bypasses_and_dry_run_only_counts() {
     let gw = limited(&rs, limits).await;
     let allowed = client_from("127.3.0.1");
     for _ in 0..5 {
-        assert_eq!(
-            common::status(&allowed, &http_url(&gw, "/whoami")).await,
-            StatusCode::OK
-        );
+        assert_eq!(common::status(&allowed, &gw.http_url("/whoami")).await, StatusCode::OK);
     }
     let normal = client_from("127.0.0.1");
     for _ in 0..3 {
-        assert_eq!(common::status(&normal, &http_url(&gw, "/echo")).await, StatusCode::OK);
+        assert_eq!(common::status(&normal, &gw.http_url("/echo")).await, StatusCode::OK);
     }
-    assert_eq!(common::status(&normal, &http_url(&gw, "/whoami")).await, StatusCode::OK);
+    assert_eq!(common::status(&normal, &gw.http_url("/whoami")).await, StatusCode::OK);
     assert_eq!(
-        common::status(&normal, &http_url(&gw, "/whoami")).await,
+        common::status(&normal, &gw.http_url("/whoami")).await,
         StatusCode::TOO_MANY_REQUESTS
     );
     let metrics = gw.metrics().await;

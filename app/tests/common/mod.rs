@@ -249,3 +249,17 @@ pub async fn assert_problem(response: reqwest::Response, status: StatusCode) -> 
     assert!(body["title"].is_string() && body["detail"].is_string(), "{body}");
     body
 }
+
+/// Runs each named case (an `async fn(TestApp)` in the test file) on both
+/// backends, as two tests: `embedded::CASE` and `mongodb_and_redis::CASE`.
+#[allow(unused_macros)]
+macro_rules! on_both_backends {
+    ($($case:ident),* $(,)?) => {
+        mod embedded {
+            $(#[tokio::test] async fn $case() { super::$case(super::spawn(super::Backend::Embedded).await).await; })*
+        }
+        mod mongodb_and_redis {
+            $(#[tokio::test] async fn $case() { super::$case(super::spawn(super::Backend::MongoRedis).await).await; })*
+        }
+    };
+}

@@ -149,14 +149,27 @@ pub fn committed_config(file: &str) -> (tempfile::TempDir, PathBuf) {
 /// bytes and bind client addresses) in front of `addrs`, with `rest`
 /// (limits, rate limits, client_ip...) after the upstream and route.
 pub async fn http_gateway(addrs: &[SocketAddr], rest: &str) -> TestGateway {
+    plain_gateway(addrs, "", "", rest).await
+}
+
+/// The same with `server_extra` in `[server]` and `upstream_extra` in the
+/// upstream table.
+pub async fn plain_gateway(addrs: &[SocketAddr], server_extra: &str, upstream_extra: &str, rest: &str) -> TestGateway {
     let dir = tempfile::tempdir().expect("dir");
     dev_cert(dir.path());
     let text = config_text(
         dir.path(),
-        "http_mode = \"proxy\"",
-        &format!("{}\n{rest}", upstream_text(addrs, "")),
+        &format!("http_mode = \"proxy\"\n{server_extra}"),
+        &format!("{}\n{rest}", upstream_text(addrs, upstream_extra)),
     );
     spawn_gateway(dir, &text).await
+}
+
+/// A client whose connections come from `ip` (a loopback address such as
+/// `127.0.3.1`: each is a distinct client to the gateway).
+pub fn client_from(ip: &str) -> reqwest::Client {
+    let ip: std::net::IpAddr = ip.parse().expect("ip");
+    reqwest::Client::builder().local_address(ip).build().expect("client")
 }
 
 impl TestGateway {
@@ -173,6 +186,11 @@ impl TestGateway {
             .add_root_certificate(cert)
             .resolve("localhost", self.https.expect("https listener"))
             .redirect(reqwest::redirect::Policy::none())
+    }
+
+    /// `http://ADDR/PATH` on the plain-HTTP listener.
+    pub fn http_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http.expect("http listener"))
     }
 
     /// `https://localhost:PORT/PATH`.

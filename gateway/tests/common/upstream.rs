@@ -107,6 +107,7 @@ impl Replica {
             .route("/whoami", get(whoami))
             .route("/echo", any(echo))
             .route("/slow", get(slow))
+            .route("/sleep", any(slow))
             .route("/status", any(status))
             .route("/healthz", get(healthz))
             .route("/bytes", get(bytes))
