@@ -94,6 +94,8 @@ cert = "$work/certs/cert.pem"
 key = "$work/certs/key.pem"
 [limits]
 max_connections_per_ip = 10000
+# One load generator on one address stands for many clients.
+max_requests_in_flight_per_client = 10000
 [upstreams.app]
 servers = ["127.0.0.1:$UP1", "127.0.0.1:$UP2"]
 balance = "round_robin"
