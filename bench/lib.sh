@@ -144,6 +144,10 @@ http {
     ssl_certificate $work/certs/cert.pem;
     ssl_certificate_key $work/certs/key.pem;
     ssl_protocols TLSv1.2 TLSv1.3;
+    # Resumption as a production nginx has it: a shared cache and tickets.
+    ssl_session_cache shared:SSL:10m;
+    ssl_session_timeout 1h;
+    ssl_session_tickets on;
     server_tokens off;
     location / {
       proxy_pass http://app;

@@ -28,6 +28,8 @@ pub struct Activity {
     requests: AtomicUsize,
     /// Response bodies still being sent.
     bodies: AtomicUsize,
+    /// Requests ever started on the connection.
+    started_total: AtomicU64,
     last_millis: AtomicU64,
 }
 
@@ -37,6 +39,7 @@ impl Default for Activity {
             started: Instant::now(),
             requests: AtomicUsize::new(0),
             bodies: AtomicUsize::new(0),
+            started_total: AtomicU64::new(0),
             last_millis: AtomicU64::new(0),
         }
     }
@@ -46,6 +49,17 @@ impl Activity {
     /// A request arrived.
     pub fn request_started(&self) {
         self.requests.fetch_add(1, Ordering::Relaxed);
+        self.started_total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Requests ever started on the connection.
+    pub fn started_total(&self) -> u64 {
+        self.started_total.load(Ordering::Relaxed)
+    }
+
+    /// Whether a request is being answered or a response sent.
+    pub fn is_busy(&self) -> bool {
+        self.requests.load(Ordering::Relaxed) != 0 || self.bodies.load(Ordering::Relaxed) != 0
     }
 
     /// A request's response head is out (or the request was dropped). Its
@@ -69,9 +83,7 @@ impl Activity {
 
     /// Whether nothing is being answered or sent, and has not been for `idle`.
     pub fn is_idle(&self, idle: Duration) -> bool {
-        self.requests.load(Ordering::Relaxed) == 0
-            && self.bodies.load(Ordering::Relaxed) == 0
-            && Instant::now() >= self.deadline(idle)
+        !self.is_busy() && Instant::now() >= self.deadline(idle)
     }
 }
 

@@ -17,6 +17,7 @@ pub mod body_watch;
 pub mod client_body;
 pub mod client_ip;
 pub mod config;
+pub mod connection;
 pub mod errors;
 pub mod health;
 pub mod in_flight;

@@ -17,12 +17,13 @@
 use crate::balancer::Upstream;
 use crate::client_ip::{KeyPrefixes, TrustedProxies};
 use crate::config::{GatewayConfig, HttpMode};
+use crate::connection::Protocols;
 use crate::health;
 use crate::in_flight::{ClientInFlight, InFlightLimit};
 use crate::metrics::Metrics;
 use crate::proxy::{Proxy, Route, Routes, UpstreamClient};
 use crate::rate_limit::{MonotonicClock, RateLimiter};
-use crate::server::{Current, Generation, HttpService, hyper_builder};
+use crate::server::{Current, Generation, HttpService};
 use crate::stack::{self, StackState};
 use crate::tls;
 use anyhow::Context;
@@ -164,7 +165,7 @@ pub async fn build_active(
         ),
     };
     let generation = Arc::new(Generation {
-        builder: hyper_builder(&config.limits, metrics.clone()),
+        protocols: Protocols::new(&config.limits, metrics.clone()),
         limits: config.limits.clone(),
         trusted: TrustedProxies::new(config.client_ip.trusted_proxies.clone()),
         tls,

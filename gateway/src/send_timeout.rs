@@ -62,6 +62,11 @@ impl<I> TimedIo<I> {
         }
     }
 
+    /// The wrapped connection.
+    pub fn get_ref(&self) -> &I {
+        &self.inner
+    }
+
     /// Passes on a write's result, timing how long it stays blocked.
     fn watch<T>(&mut self, cx: &mut Context<'_>, polled: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
         if polled.is_ready() {

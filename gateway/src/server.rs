@@ -4,31 +4,27 @@
 //! client address in request extensions, and per-connection graceful
 //! shutdown when the stop token fires.
 
-use crate::activity::{Activity, SendContext};
+use crate::activity::Activity;
 use crate::client_body::Lingering;
 use crate::client_ip::{KeyPrefixes, TrustedProxies};
 use crate::config::{ClientIpSettings, Limits};
-use crate::errors::ConnectionFault;
+use crate::connection::{self, Protocol, Protocols, Rewind, Setting, StopSignal};
 use crate::metrics::{Metrics, WorkerLabels};
 use crate::proxy_protocol;
 use crate::rate_limit::Key;
-use crate::send_timeout::{self, StreamExecutor, TimedIo};
+use crate::send_timeout::TimedIo;
 use axum::body::Body;
 use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use shared::shutdown::{CancellationToken, TaskTracker};
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 /// What the gateway observed about the client of a request; in every
@@ -146,8 +142,8 @@ impl ConnectionLimits {
 pub struct Generation {
     /// Timeouts and sizes for new connections.
     pub limits: Limits,
-    /// hyper's connection builder, enforcing `limits`.
-    pub builder: auto::Builder<StreamExecutor>,
+    /// hyper's builders, enforcing `limits`.
+    pub protocols: Protocols,
     /// Peers whose forwarding headers are believed.
     pub trusted: TrustedProxies,
     /// TLS for new handshakes on the HTTPS listener.
@@ -177,29 +173,6 @@ pub enum Listener {
     Https,
     /// Plain HTTP, proxying or redirecting.
     Http,
-}
-
-/// A hyper builder enforcing `limits`; HTTP/2 streams run under the send
-/// timeout (see `send_timeout`).
-pub fn hyper_builder(limits: &Limits, metrics: Arc<Metrics>) -> auto::Builder<StreamExecutor> {
-    let mut builder = auto::Builder::new(StreamExecutor::new(limits.send_timeout, metrics));
-    let max_header = usize::try_from(limits.max_header_size.as_u64()).unwrap_or(usize::MAX);
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        // Small bodies are copied after the head into one buffer (one
-        // write, no buffer queue); see `upstream_client`.
-        .writev(false)
-        .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(max_header.max(8192));
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(limits.h2_max_concurrent_streams)
-        .max_header_list_size(u32::try_from(max_header).unwrap_or(u32::MAX))
-        .keep_alive_interval(Some(Duration::from_secs(30)))
-        .keep_alive_timeout(Duration::from_secs(10));
-    builder
 }
 
 /// What the accept loops share for the process's lifetime (settings here
@@ -296,27 +269,6 @@ fn refuse(ctx: &ServerContext, peer: SocketAddr, reason: &'static str) {
     tracing::debug!(%peer, reason, "connection refused");
 }
 
-/// The stop signal as one accept loop's connections watch it. A connection
-/// reads one flag per wake-up (several per request); polling the stop token
-/// itself took two mutex locks each time (the token's and its `Notify`'s).
-#[derive(Debug, Default)]
-struct StopSignal {
-    raised: AtomicBool,
-    notify: Notify,
-}
-
-impl StopSignal {
-    /// Raises the signal and wakes every connection waiting on it.
-    fn raise(&self) {
-        self.raised.store(true, Ordering::Release);
-        self.notify.notify_waiters();
-    }
-
-    fn is_raised(&self) -> bool {
-        self.raised.load(Ordering::Acquire)
-    }
-}
-
 /// The client address a connection speaks for: the TCP peer, or the source
 /// in its PROXY header when the listener expects one. `None`: close it.
 async fn connection_source(
@@ -380,13 +332,36 @@ async fn handle(
         ip: source,
         tls: kind == Listener::Https,
     };
-    let stream = TimedIo::new(stream, generation.limits.send_timeout);
+    let activity = Arc::new(Activity::default());
+    let service = RequestService::new(current, info, kind, activity.clone(), &generation.limits);
+    let setting = Setting {
+        protocols: &generation.protocols,
+        limits: &generation.limits,
+        stop,
+        metrics: &ctx.metrics,
+        peer,
+    };
     match (kind, &generation.tls) {
-        (Listener::Http, _) => serve(stream, info, kind, current, &generation, stop, ctx).await,
+        (Listener::Http, _) => {
+            let Some((protocol, read)) = connection::detect(&mut stream, generation.limits.header_read_timeout).await
+            else {
+                return;
+            };
+            let io = Rewind::new(TimedIo::new(stream, generation.limits.send_timeout), read);
+            connection::run(io, protocol, service, activity, setting).await;
+        }
         (Listener::Https, None) => tracing::error!("HTTPS connection without a TLS configuration; closing"),
         (Listener::Https, Some(acceptor)) => {
+            let stream = TimedIo::new(stream, generation.limits.send_timeout);
             match tokio::time::timeout(generation.limits.tls_handshake_timeout, acceptor.accept(stream)).await {
-                Ok(Ok(tls_stream)) => serve(tls_stream, info, kind, current, &generation, stop, ctx).await,
+                Ok(Ok(tls_stream)) => {
+                    let protocol = match tls_stream.get_ref().1.alpn_protocol() {
+                        Some(b"h2") => Protocol::Http2,
+                        _ => Protocol::Http1,
+                    };
+                    let io = Rewind::new(tls_stream, bytes::Bytes::new());
+                    connection::run(io, protocol, service, activity, setting).await;
+                }
                 Ok(Err(error)) => {
                     ctx.metrics.refuse("tls_handshake");
                     tracing::debug!(%peer, %error, "TLS handshake failed");
@@ -400,137 +375,92 @@ async fn handle(
     }
 }
 
-/// Serves one connection with hyper until it ends: the idle timeout
-/// closes it gracefully once nothing has been answered or sent for
-/// `idle_timeout` (then, should anything still hold it open, such as an
-/// HTTP/2 stream's last bytes the client will not take, it is dropped after
-/// `send_timeout`), and the stop signal closes it gracefully at shutdown.
-async fn serve<I>(
-    io: I,
+/// The service of one connection: each request gets the client's
+/// address, runs on the generation in force when it arrives, and is
+/// counted in the connection's activity until its answer's head is out.
+#[derive(Clone)]
+struct RequestService {
+    current: Current,
     info: ClientInfo,
     kind: Listener,
-    current: Current,
-    generation: &Generation,
-    stop: &StopSignal,
-    ctx: &ServerContext,
-) where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let activity = Arc::new(Activity::default());
-    let tracked = activity.clone();
-    let linger = (generation.limits.body_read_timeout, generation.limits.max_body.as_u64());
-    let hyper_service = hyper::service::service_fn(move |req: Request<Incoming>| {
+    activity: Arc<Activity>,
+    /// How early-answered HTTP/2 bodies are drained: the gap between
+    /// bytes and the most bytes (see `client_body::Lingering`).
+    linger: (Duration, u64),
+}
+
+impl std::fmt::Debug for RequestService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestService")
+            .field("info", &self.info)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RequestService {
+    fn new(current: Current, info: ClientInfo, kind: Listener, activity: Arc<Activity>, limits: &Limits) -> Self {
+        let linger = (
+            limits.body_read_timeout,
+            limits.max_body.as_u64().saturating_mul(LINGER_BODIES),
+        );
+        Self {
+            current,
+            info,
+            kind,
+            activity,
+            linger,
+        }
+    }
+}
+
+impl hyper::service::Service<Request<Incoming>> for RequestService {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = Answer;
+
+    fn call(&self, req: Request<Incoming>) -> Answer {
         let mut req = if req.version() == http::Version::HTTP_2 && !http_body::Body::is_end_stream(req.body()) {
             // An answer that comes before the body must still reach the client.
-            req.map(|body| {
-                Body::new(Lingering::new(
-                    Body::new(body),
-                    linger.0,
-                    linger.1.saturating_mul(LINGER_BODIES),
-                ))
-            })
+            let (gap, most) = self.linger;
+            req.map(|body| Body::new(Lingering::new(Body::new(body), gap, most)))
         } else {
             req.map(Body::new)
         };
-        // Each request runs on the generation in force when it arrives.
-        let now = current.load();
-        let ip = now.trusted.resolve(info.ip, req.headers());
-        req.extensions_mut().insert(ClientInfo { ip, ..info });
-        let call = match kind {
+        let now = self.current.load();
+        let ip = now.trusted.resolve(self.info.ip, req.headers());
+        req.extensions_mut().insert(ClientInfo { ip, ..self.info });
+        let call = match self.kind {
             Listener::Https => now.proxying.call(req),
             Listener::Http => now.plain.call(req),
         };
-        let answered = RequestAnswered(tracked.clone());
-        answered.0.request_started();
-        async move {
-            let response = call.await;
-            drop(answered);
-            Ok::<_, Infallible>(response)
+        self.activity.request_started();
+        Answer {
+            call,
+            answered: Some(RequestAnswered(self.activity.clone())),
         }
-    });
-    let mut context = Some(SendContext {
-        connection: activity.clone(),
-        stream: None,
-    });
-    let conn = generation.builder.serve_connection(TokioIo::new(io), hyper_service);
-    tokio::pin!(conn);
-    // Made before the flag is first read: a raise after that still wakes it.
-    let stopped = stop.notify.notified();
-    tokio::pin!(stopped);
-    let idle = generation.limits.idle_timeout;
-    let idle_timer = tokio::time::sleep_until(activity.deadline(idle));
-    tokio::pin!(idle_timer);
-    let mut closing = Closing::No;
-    // Wakers for the stop signal and the idle timer are registered once
-    // (again after the timer moves); other wake-ups, nearly all for the
-    // connection, read two flags after polling it.
-    let mut registered = false;
-    let result = std::future::poll_fn(|cx| {
-        loop {
-            if let Poll::Ready(result) = SendContext::enter(&mut context, || conn.as_mut().poll(cx)) {
-                return Poll::Ready(Some(result));
-            }
-            match closing {
-                Closing::Stopping => return Poll::Pending,
-                Closing::Idle => {
-                    // Idle and still open: only bytes the client will not
-                    // take are left. They get one send timeout.
-                    return match idle_timer.as_mut().poll(cx) {
-                        Poll::Ready(()) => Poll::Ready(None),
-                        Poll::Pending => Poll::Pending,
-                    };
-                }
-                Closing::No => {}
-            }
-            if stop.is_raised() {
-                conn.as_mut().graceful_shutdown();
-                closing = Closing::Stopping;
-                continue;
-            }
-            if !registered {
-                registered = true;
-                let _ = stopped.as_mut().poll(cx);
-                if idle_timer.as_mut().poll(cx).is_pending() {
-                    return Poll::Pending;
-                }
-            } else if !idle_timer.is_elapsed() {
-                return Poll::Pending;
-            }
-            if activity.is_idle(idle) {
-                conn.as_mut().graceful_shutdown();
-                closing = Closing::Idle;
-                idle_timer
-                    .as_mut()
-                    .reset(tokio::time::Instant::now() + generation.limits.send_timeout);
-            } else {
-                // Requests are running: look again one idle period from now.
-                activity.touch();
-                idle_timer.as_mut().reset(activity.deadline(idle));
-                registered = false;
-            }
-        }
-    })
-    .await;
-    match result {
-        Some(Ok(())) => {}
-        Some(Err(error)) => count_connection_error(&*error, info.peer, &ctx.metrics),
-        None => tracing::debug!(peer = %info.peer, "idle connection dropped: its last bytes were not taken in time"),
+    }
+}
+
+/// A request's answer; counts it answered when its head is out (or when
+/// it is dropped unanswered).
+struct Answer {
+    call: ResponseFuture,
+    answered: Option<RequestAnswered>,
+}
+
+impl Future for Answer {
+    type Output = Result<Response<Body>, Infallible>;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        let response = std::task::ready!(self.call.as_mut().poll(cx));
+        self.answered = None;
+        Poll::Ready(Ok(response))
     }
 }
 
 /// How much of an HTTP/2 request body answered early is drained, in
 /// `max_body`s (64 MiB by default) before its stream is reset.
 const LINGER_BODIES: u64 = 64;
-
-/// Why a connection is closing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Closing {
-    No,
-    /// At shutdown: in-flight requests get the drain's grace period.
-    Stopping,
-    /// Idle: what is left gets one send timeout.
-    Idle,
-}
 
 /// Counts a request's answer (its head is out, or it was dropped).
 struct RequestAnswered(Arc<Activity>);
@@ -539,21 +469,4 @@ impl Drop for RequestAnswered {
     fn drop(&mut self) {
         self.0.request_answered();
     }
-}
-
-/// Counts what ended a connection with an error when it was the client's
-/// doing: hyper answers a malformed (400) or oversized (431) head, or a
-/// late one, before any layer sees a request.
-fn count_connection_error(error: &(dyn std::error::Error + 'static), peer: SocketAddr, metrics: &Metrics) {
-    let fault = match error.downcast_ref::<hyper::Error>() {
-        Some(e) if e.is_parse_too_large() => Some(ConnectionFault::HeaderTooLarge),
-        Some(e) if e.is_parse() => Some(ConnectionFault::BadHead),
-        Some(e) if e.is_timeout() => Some(ConnectionFault::HeaderTimeout),
-        _ if send_timeout::is_send_timeout(error) => Some(ConnectionFault::SendTimeout),
-        _ => None,
-    };
-    if let Some(fault) = fault {
-        fault.count(metrics);
-    }
-    tracing::debug!(%peer, %error, reason = fault.map(ConnectionFault::reason), "connection ended with an error");
 }

@@ -5,6 +5,7 @@
 mod common;
 
 use common::logged::{LoggedGateway, access_lines, gateway_bin};
+use common::raw::RawClient;
 use common::upstream::{addrs, replicas};
 use common::{config_text, dev_cert, gateway_for, http_gateway, metric, upstream_text};
 use reqwest::StatusCode;
@@ -42,6 +43,69 @@ async fn a_slowloris_connection_is_closed_after_the_header_timeout() {
     assert!(took < Duration::from_secs(3), "closed after {took:?}");
     assert!(!answer.contains("200 OK"), "{answer}");
     assert_eq!(rs[0].hits(), 0);
+}
+
+#[tokio::test]
+async fn a_slowloris_is_closed_at_the_header_timeout_even_across_an_idle_park() {
+    let rs = replicas(1).await;
+    // Longer than the idle time after which a connection parks.
+    let gw = http_gateway(&addrs(&rs), "[limits]\nheader_read_timeout = \"2500ms\"").await;
+    let mut client = RawClient::connect("127.0.0.2", gw.http.expect("http")).await;
+    // One whole request first: hyper then counts the connection idle (not
+    // busy with a first request) while the next head trickles in.
+    client.send(b"GET /whoami HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!(client.answer(Duration::from_secs(5)).await.map(|a| a.status), Some(200));
+    let started = Instant::now();
+    client.send(b"GET /whoami HTTP/1.1\r\nHost: x\r\nX-Slow: ").await;
+    let trickle = async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            client.send(b"a").await;
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(6), trickle).await;
+    assert!(
+        client.closed_within(Duration::from_secs(1)).await,
+        "still open after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(rs[0].hits(), 1);
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_parks_and_serves_again_on_the_same_socket() {
+    let rs = replicas(1).await;
+    let gw = http_gateway(&addrs(&rs), "").await;
+    let mut client = RawClient::connect("127.0.0.2", gw.http.expect("http")).await;
+    for round in 0..3 {
+        client.send(b"GET /whoami HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        let answer = client
+            .answer(Duration::from_secs(5))
+            .await
+            .expect("an answer on the same connection");
+        assert_eq!((round, answer.status), (round, 200), "{answer:?}");
+        assert_eq!(
+            answer.header("connection"),
+            None,
+            "nothing tells the client to go: {answer:?}"
+        );
+        // Past the time after which an idle connection hands its buffers back.
+        tokio::time::sleep(connection_park() + Duration::from_millis(500)).await;
+    }
+    // Half a head sent just before a park, the rest after: one request.
+    client.send(b"GET /whoami HTTP/1.1\r\nHo").await;
+    tokio::time::sleep(connection_park() + Duration::from_millis(500)).await;
+    client.send(b"st: x\r\n\r\n").await;
+    let answer = client.answer(Duration::from_secs(5)).await.expect("an answer");
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert_eq!(answer.header("connection"), None, "still kept alive: {answer:?}");
+    client.send(b"GET /whoami HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!(client.answer(Duration::from_secs(5)).await.map(|a| a.status), Some(200));
+    assert_eq!(rs[0].hits(), 5);
+}
+
+fn connection_park() -> Duration {
+    gateway::connection::PARK_AFTER
 }
 
 #[tokio::test]

@@ -208,6 +208,20 @@ impl TestGateway {
             .expect("text")
     }
 
+    /// The value of `series` once it equals `expected` (counts made as a
+    /// connection closes can land just after its answer), or whatever it
+    /// is after two seconds.
+    pub async fn metric_eventually(&self, series: &str, expected: f64) -> f64 {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        loop {
+            let value = metric(&self.metrics().await, series);
+            if value == expected || std::time::Instant::now() > deadline {
+                return value;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     /// Drops the serving future without a shutdown (as a panic or a dropped
     /// runtime would); returns the directory, to keep it alive.
     pub async fn abort(self) -> tempfile::TempDir {

@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# Connection economy, the gateway against nginx side by side in one run,
+# both in front of the same two app replicas, with the same ECDSA P-256
+# certificate and two workers each:
+#   memory per idle keep-alive connection: COUNT connections, each from
+#     its own loopback address, one GET /healthz each, then idle
+#     (bench/idle_conns.py); the RSS the proxy grew by, divided by COUNT:
+#     HTTP/1.1 in the clear, HTTP/1.1 over TLS, HTTP/2 over TLS;
+#   new TLS connections per second, one request each, the client resuming
+#     its sessions (wrk -t1 -c32 -H 'Connection: close' over https);
+#   full TLS handshakes per second (openssl s_time -new).
+# Rates are medians of ROUNDS interleaved rounds. Prints each figure and
+# the gateway/nginx ratios.
+# Usage: bench/connections.sh [COUNT=10000] [ROUNDS=3] [SECONDS=8]
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+COUNT=${1:-10000}
+ROUNDS=${2:-3}
+SECS=${3:-8}
+# shellcheck source=scripts/services.sh
+source scripts/services.sh
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
+ensure_tool wrk wrk
+ensure_tool nginx nginx-light
+ensure_tool curl curl
+ensure_tool openssl openssl
+ulimit -n "$(ulimit -Hn)" # as many descriptors as allowed (COUNT must fit)
+bench_start connections
+
+start_upstreams "$WORK"
+chmod 755 "$WORK"
+
+# start_proxies: a fresh gateway (GW_PID, GW_HTTP, GW_HTTPS, GW_ADMIN) and
+# nginx (NG_WORKERS, NG_HTTP, NG_HTTPS); stop_proxies stops both. Each
+# memory figure is taken on fresh processes, so memory an earlier run
+# freed (and the allocator kept) cannot hide what a run costs.
+start_proxies() {
+  start_gateway "$WORK" gateway "[rate_limits]"
+  GW_ADMIN=$(sed -n 's/^admin = "\(.*\)"$/\1/p' "$WORK/gateway.toml")
+  chmod 644 "$WORK/certs/key.pem"
+  NG_HTTP=$(free_port); NG_HTTPS=$(free_port)
+  nginx_config "$WORK" "$NG_HTTP" "$NG_HTTPS" "worker_processes 2; worker_rlimit_nofile $(ulimit -Hn);" \
+    | sed 's/worker_connections 8192;/worker_connections 16384;/' >"$WORK/nginx.conf"
+  nginx -c "$WORK/nginx.conf" -p "$WORK"
+  wait_http "http://127.0.0.1:$NG_HTTP/healthz" 30
+  mapfile -t NG_WORKERS < <(pgrep -P "$(cat "$WORK/nginx.pid")")
+}
+
+stop_proxies() {
+  kill "$(cat "$WORK/nginx.pid")" "$GW_PID"
+  wait "$GW_PID" 2>/dev/null || true
+  while [ -f "$WORK/nginx.pid" ] && kill -0 "$(cat "$WORK/nginx.pid")" 2>/dev/null; do sleep 0.2; done
+}
+
+rss_kb() { # PID... -> their VmRSS, summed
+  local pid total=0 kb
+  for pid in "$@"; do
+    kb=$(awk '/^VmRSS/ { print $2 }' "/proc/$pid/status")
+    total=$((total + kb))
+  done
+  echo "$total"
+}
+
+# idle_cost MODE PORT PIDS... -> bytes per idle connection
+idle_cost() {
+  local mode=$1 port=$2
+  shift 2
+  local before after fifo ready
+  before=$(rss_kb "$@")
+  fifo="$WORK/idle.fifo"
+  rm -f "$fifo"; mkfifo "$fifo"
+  python3 bench/idle_conns.py --target "127.0.0.1:$port" --count "$COUNT" --mode "$mode" <"$fifo" >"$WORK/idle.out" 2>"$WORK/idle.err" &
+  local client=$!
+  exec 7>"$fifo"
+  until grep -q '^ready' "$WORK/idle.out" 2>/dev/null; do sleep 0.5; done
+  ready=$(awk '/^ready/ { print $2 }' "$WORK/idle.out")
+  sleep 1
+  after=$(rss_kb "$@")
+  echo >&7
+  exec 7>&-
+  wait "$client" || true
+  sleep 3 # let the closed connections go
+  if ((ready < COUNT)); then echo "only $ready of $COUNT $mode connections opened" >&2; fi
+  echo $(((after - before) * 1024 / ready))
+}
+
+# resumed_rate PORT -> new TLS connections per second, sessions resumed
+resumed_rate() {
+  wrk -t1 -c32 -d"${SECS}s" -H 'Connection: close' "https://127.0.0.1:$1/healthz" | awk '/Requests\/sec:/ { printf "%.0f\n", $2 }'
+}
+
+# full_rate PORT -> full TLS handshakes per second
+full_rate() {
+  openssl s_time -connect "127.0.0.1:$1" -new -time "$SECS" 2>/dev/null | awk '/connections in .* real seconds/ { printf "%.0f\n", $1 / $4 }'
+}
+
+echo "memory per idle connection ($COUNT connections, one request each, RSS growth / connections)"
+declare -A mem
+for mode in h1 tls h2; do
+  start_proxies
+  if [ "$mode" = h1 ]; then gw_port=$GW_HTTP; ng_port=$NG_HTTP; else gw_port=$GW_HTTPS; ng_port=$NG_HTTPS; fi
+  mem[gateway-$mode]=$(idle_cost "$mode" "$gw_port" "$GW_PID")
+  mem[nginx-$mode]=$(idle_cost "$mode" "$ng_port" "${NG_WORKERS[@]}")
+  printf '  %-4s gateway %6s B   nginx %6s B\n' "$mode" "${mem[gateway-$mode]}" "${mem[nginx-$mode]}"
+  stop_proxies
+done
+start_proxies
+
+resumed_gw=(); resumed_ng=(); full_gw=(); full_ng=()
+for round in $(seq 1 "$ROUNDS"); do
+  if ((round % 2)); then order="gateway nginx"; else order="nginx gateway"; fi
+  for proxy in $order; do
+    if [ "$proxy" = gateway ]; then port=$GW_HTTPS; else port=$NG_HTTPS; fi
+    r=$(resumed_rate "$port"); f=$(full_rate "$port")
+    echo "round $round $proxy: resumed $r/s, full $f/s"
+    if [ "$proxy" = gateway ]; then resumed_gw+=("$r"); full_gw+=("$f"); else resumed_ng+=("$r"); full_ng+=("$f"); fi
+  done
+done
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2fx", a / b; else print "n/a" }'; }
+rg=$(median "${resumed_gw[@]}"); rn=$(median "${resumed_ng[@]}")
+fg=$(median "${full_gw[@]}"); fn=$(median "${full_ng[@]}")
+echo
+echo "measure                                   gateway      nginx   gateway/nginx"
+for mode in h1 tls h2; do
+  printf '%-40s %8s B %8s B   %s\n' "idle connection memory, $mode" "${mem[gateway-$mode]}" "${mem[nginx-$mode]}" "$(ratio "${mem[gateway-$mode]}" "${mem[nginx-$mode]}")"
+done
+printf '%-40s %8s/s %7s/s   %s\n' "new TLS connections/s, resumed" "$rg" "$rn" "$(ratio "$rg" "$rn")"
+printf '%-40s %8s/s %7s/s   %s\n' "full TLS handshakes/s" "$fg" "$fn" "$(ratio "$fg" "$fn")"
+echo "gateway memory metrics:"
+curl -fsS "http://$GW_ADMIN/metrics" | grep -E '^gateway_(memory|connections_open)' | sed 's/^/  /' || true
