@@ -76,7 +76,9 @@ idle_cost() {
   exec 7>"$fifo"
   until grep -q '^ready' "$WORK/idle.out" 2>/dev/null; do sleep 0.5; done
   ready=$(awk '/^ready/ { print $2 }' "$WORK/idle.out")
-  sleep 1
+  # Past the second after which an idle HTTP/1.1 connection of the
+  # gateway hands its buffers back (connection::PARK_AFTER).
+  sleep 3
   after=$(rss_kb "$@")
   echo >&7
   exec 7>&-

@@ -277,19 +277,35 @@ pub struct Setting<'a> {
     pub peer: SocketAddr,
 }
 
-/// Serves a connection until it ends (see the module documentation).
-pub async fn run<I, S>(io: Rewind<I>, protocol: Protocol, service: S, activity: Arc<Activity>, setting: Setting<'_>)
+/// Serves a connection until it ends (see the module documentation). The
+/// future is boxed for the connection's protocol alone: one future for
+/// both would be sized (and allocated) for the larger.
+pub fn run<'a, I, S>(
+    io: Rewind<I>,
+    protocol: Protocol,
+    service: S,
+    activity: Arc<Activity>,
+    setting: Setting<'a>,
+) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>>
 where
     I: AsyncRead + AsyncWrite + ReadReady + Unpin + Send + 'static,
     S: ConnectionService,
 {
-    let ended = match protocol {
-        Protocol::Http1 => run_http1(io, service, &activity, &setting).await,
-        Protocol::Http2 => {
+    match protocol {
+        Protocol::Http1 => Box::pin(async move {
+            let ended = run_http1(io, service, &activity, &setting).await;
+            report(ended, &setting);
+        }),
+        Protocol::Http2 => Box::pin(async move {
             let session = Box::pin(setting.protocols.h2.serve_connection(TokioIo::new(io), service));
-            drive(&mut H2(session), &activity, &setting, None).await
-        }
-    };
+            let ended = drive(&mut H2(session), &activity, &setting, None).await;
+            report(ended, &setting);
+        }),
+    }
+}
+
+/// Logs and counts how a connection ended.
+fn report(ended: Ended, setting: &Setting<'_>) {
     match ended {
         Ended::Finished(Ok(())) | Ended::Parked => {}
         Ended::Finished(Err(error)) => count_connection_error(&error, setting.peer, setting.metrics),
@@ -316,7 +332,7 @@ where
             }
             other => return other,
         }
-        if !wait_for_client(&io, activity, setting).await {
+        if !wait_for_client(&mut io, activity, setting).await {
             return Ended::Finished(Ok(()));
         }
     }
@@ -324,13 +340,13 @@ where
 
 /// Waits, holding no buffer, until the client sends its next bytes (true),
 /// or the idle timeout passes or the stop signal is raised (false).
-async fn wait_for_client<I: ReadReady>(io: &I, activity: &Activity, setting: &Setting<'_>) -> bool {
+async fn wait_for_client<I: ReadReady>(io: &mut I, activity: &Activity, setting: &Setting<'_>) -> bool {
     let stopped = setting.stop.notify.notified();
     if setting.stop.is_raised() {
         return false;
     }
     tokio::select! {
-        ready = std::future::poll_fn(|cx| io.poll_read_ready(cx)) => ready.is_ok(),
+        ready = std::future::poll_fn(move |cx| io.poll_read_ready(cx)) => ready.is_ok(),
         () = tokio::time::sleep_until(activity.deadline(setting.limits.idle_timeout)) => false,
         () = stopped => false,
     }
