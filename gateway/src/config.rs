@@ -740,7 +740,7 @@ fn validate_tls(tls: &TlsSettings, p: &mut Vec<Problem>) {
         }
     }
     if readable {
-        if let Err(e) = crate::tls::server_config(&tls.cert, &tls.key) {
+        if let Err(e) = crate::tls::server_config(&tls.cert, &tls.key, None) {
             p.push(Problem::new("tls", e.to_string()));
         }
     }

@@ -45,6 +45,8 @@ pub struct Active {
     pub clients: BTreeMap<String, Arc<UpstreamClient>>,
     /// The rate limiter.
     pub limiter: Arc<RateLimiter>,
+    /// TLS session resumption (kept across reloads, see `tls::Resumption`).
+    pub resumption: Option<tls::Resumption>,
     /// Stops this generation's background tasks.
     background: CancellationToken,
 }
@@ -109,9 +111,13 @@ pub async fn build_active(
     fixed: Fixed,
 ) -> anyhow::Result<Active> {
     let clients = upstream_clients(&config, previous, fixed.workers).await?;
-    let tls = match &config.tls {
-        Some(t) => Some(TlsAcceptor::from(tls::server_config(&t.cert, &t.key)?)),
-        None => None,
+    let (tls, resumption) = match &config.tls {
+        Some(t) => {
+            let previous = previous.and_then(|p| p.resumption.as_ref());
+            let (config, resumption) = tls::server_config(&t.cert, &t.key, previous)?;
+            (Some(TlsAcceptor::from(config)), Some(resumption))
+        }
+        None => (None, None),
     };
     let routes = Routes::new(
         config
@@ -196,6 +202,7 @@ pub async fn build_active(
         generation,
         clients,
         limiter,
+        resumption,
         background,
     })
 }

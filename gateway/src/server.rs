@@ -20,6 +20,7 @@ use shared::shutdown::{CancellationToken, TaskTracker};
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::Duration;
@@ -253,12 +254,17 @@ pub async fn accept_loop(listener: TcpListener, kind: Listener, current: Current
         }
         let _ = stream.set_nodelay(true);
         accepted_here.inc();
-        let (ctx2, current, stop) = (ctx.clone(), current.clone(), stop.clone());
-        ctx.tracker.spawn(async move {
-            ctx2.metrics.connections.inc();
-            handle(stream, peer, kind, current, &ctx2, &stop, slot).await;
-            ctx2.metrics.connections.dec();
-        });
+        // Spawned as it is: wrapping it in another async block doubled
+        // the task's size (the wrapper kept a second copy of the future).
+        ctx.tracker.spawn(handle(
+            stream,
+            peer,
+            kind,
+            current.clone(),
+            ctx.clone(),
+            stop.clone(),
+            slot,
+        ));
     }
     stop.raise();
     tracing::debug!("listener closed");
@@ -314,10 +320,13 @@ async fn handle(
     peer: SocketAddr,
     kind: Listener,
     current: Current,
-    ctx: &Arc<ServerContext>,
-    stop: &StopSignal,
+    ctx: Arc<ServerContext>,
+    stop: Arc<StopSignal>,
     mut slot: ConnectionSlot,
 ) {
+    let _open = OpenConnection::count(&ctx.metrics);
+    let ctx = &ctx;
+    let stop = &*stop;
     let generation = current.load_full();
     let source = if ctx.proxy_protocol {
         let Some(source) = Box::pin(proxied_source(&mut stream, peer, &generation, ctx)).await else {
@@ -357,16 +366,55 @@ async fn handle(
         (Listener::Https, None) => tracing::error!("HTTPS connection without a TLS configuration; closing"),
         (Listener::Https, Some(acceptor)) => {
             let stream = TimedIo::new(stream, limits.send_timeout);
-            let Some(tls) = Box::pin(handshake(acceptor, stream, limits.tls_handshake_timeout, ctx, peer)).await else {
-                return;
-            };
-            let protocol = match tls.get_ref().1.alpn_protocol() {
-                Some(b"h2") => Protocol::Http2,
-                _ => Protocol::Http1,
-            };
-            let io = Rewind::new(tls, bytes::Bytes::new());
-            connection::run(io, protocol, service, activity, setting).await;
+            // The handshake, and its result, live in a box of their own
+            // that is gone once the serving loop starts.
+            let handshake = Box::pin(tls_session(acceptor, stream, service, activity, setting, ctx));
+            if let Some(serving) = handshake.await {
+                serving.await;
+            }
         }
+    }
+}
+
+/// The TLS handshake, then the serving loop for the protocol ALPN chose
+/// (not yet started); `None` when the handshake failed.
+async fn tls_session<'a>(
+    acceptor: &TlsAcceptor,
+    stream: TimedIo<TcpStream>,
+    service: RequestService,
+    activity: Arc<Activity>,
+    setting: Setting<'a>,
+    ctx: &ServerContext,
+) -> Option<Pin<Box<dyn Future<Output = ()> + Send + 'a>>> {
+    let tls = handshake(
+        acceptor,
+        stream,
+        setting.limits.tls_handshake_timeout,
+        ctx,
+        setting.peer,
+    )
+    .await?;
+    let protocol = match tls.get_ref().1.alpn_protocol() {
+        Some(b"h2") => Protocol::Http2,
+        _ => Protocol::Http1,
+    };
+    let io = Rewind::new(tls, bytes::Bytes::new());
+    Some(connection::run(io, protocol, service, activity, setting))
+}
+
+/// Counts a connection open (`gateway_connections_open`) until dropped.
+struct OpenConnection<'a>(&'a Metrics);
+
+impl<'a> OpenConnection<'a> {
+    fn count(metrics: &'a Metrics) -> Self {
+        metrics.connections.inc();
+        Self(metrics)
+    }
+}
+
+impl Drop for OpenConnection<'_> {
+    fn drop(&mut self) {
+        self.0.connections.dec();
     }
 }
 

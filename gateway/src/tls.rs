@@ -1,6 +1,7 @@
 //! TLS for the HTTPS listener (rustls with the ring provider): TLS 1.2 and
 //! 1.3 only, ALPN `h2` then `http/1.1`, certificate chain and key from PEM
-//! files. Also development certificates (rcgen), never for production.
+//! files, and session resumption ([`Resumption`]). Also development
+//! certificates (rcgen), never for production.
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -50,17 +51,116 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     PrivateKeyDer::from_pem_file(path).map_err(|e| file_error(path, format!("no usable private key ({e})")))
 }
 
-/// The server configuration for `cert` and `key`.
-pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+/// Stateful sessions kept for clients that resume by session id (TLS 1.2
+/// clients without ticket support): a few hundred bytes each.
+pub const SESSION_CACHE: usize = 10_000;
+
+/// Session resumption, shared by every worker (one `ServerConfig` serves
+/// them all): stateless tickets for TLS 1.3 and 1.2, sealed with random
+/// keys rotated every six hours (rustls's `Ticketer`), and a bounded
+/// stateful cache
+/// ([`SESSION_CACHE`] sessions). A reload keeps it while the new
+/// certificate names the same server (an unchanged subjectAltName), so
+/// clients keep resuming; a certificate for other names starts afresh, so
+/// no client resumes a session it authenticated under other names.
+#[derive(Clone)]
+pub struct Resumption {
+    ticketer: Arc<dyn rustls::server::ProducesTickets>,
+    cache: Arc<dyn rustls::server::StoresServerSessions>,
+    /// The subjectAltName the sessions were made under.
+    names: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Resumption {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Resumption").finish_non_exhaustive()
+    }
+}
+
+impl Resumption {
+    fn new(names: Option<Vec<u8>>) -> Result<Self, TlsError> {
+        // rustls's own: ChaCha20-Poly1305 keys from the system's randomness,
+        // each sealing new tickets for six hours, accepted for twelve.
+        let ticketer = rustls::crypto::ring::Ticketer::new()?;
+        Ok(Self {
+            ticketer,
+            cache: rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE),
+            names,
+        })
+    }
+
+    /// `previous` if it was made under the same names, else a fresh one.
+    fn carried_over(previous: Option<&Self>, names: Option<Vec<u8>>) -> Result<Self, TlsError> {
+        match previous {
+            Some(p) if names.is_some() && p.names == names => Ok(p.clone()),
+            _ => Self::new(names),
+        }
+    }
+
+    /// Whether `self` and `other` share their keys and cache.
+    pub fn is_shared_with(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.ticketer, &other.ticketer)
+    }
+}
+
+/// The server configuration for `cert` and `key`, resuming sessions with
+/// `previous`'s state when the certificate names the same server (see
+/// [`Resumption`]); also returns the state it uses.
+pub fn server_config(
+    cert: &Path,
+    key: &Path,
+    previous: Option<&Resumption>,
+) -> Result<(Arc<rustls::ServerConfig>, Resumption), TlsError> {
     let chain = load_certs(cert)?;
     let key = load_key(key)?;
+    let names = subject_alt_names(&chain[0]).map(<[u8]>::to_vec);
+    let resumption = Resumption::carried_over(previous, names)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()
         .with_single_cert(chain, key)?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    config.ticketer = resumption.ticketer.clone();
+    config.session_storage = resumption.cache.clone();
+    Ok((Arc::new(config), resumption))
+}
+
+/// The value of a certificate's subjectAltName extension (the names it is
+/// for), if it has one: found by its object identifier (2.5.29.17), then
+/// read as DER (an optional `critical` flag, then an OCTET STRING).
+fn subject_alt_names(der: &[u8]) -> Option<&[u8]> {
+    const OID: &[u8] = &[0x06, 0x03, 0x55, 0x1d, 0x11];
+    let at = der.windows(OID.len()).position(|w| w == OID)? + OID.len();
+    let mut rest = &der[at..];
+    if let Some((0x01, _, after)) = der_item(rest) {
+        rest = after; // critical: BOOLEAN
+    }
+    match der_item(rest)? {
+        (0x04, value, _) => Some(value),
+        _ => None,
+    }
+}
+
+/// One DER item: its tag, its content and what follows it.
+fn der_item(bytes: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let tag = *bytes.first()?;
+    let first = *bytes.get(1)?;
+    let (len, start) = if first < 0x80 {
+        (usize::from(first), 2)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 {
+            return None;
+        }
+        let len = bytes
+            .get(2..2 + n)?
+            .iter()
+            .fold(0usize, |len, b| len << 8 | usize::from(*b));
+        (len, 2 + n)
+    };
+    let content = bytes.get(start..start.checked_add(len)?)?;
+    Some((tag, content, &bytes[start + len..]))
 }
 
 /// A self-signed development certificate for `names` (DNS names or IP
@@ -95,26 +195,62 @@ mod tests {
     fn a_generated_pair_loads_with_alpn_h2_first() {
         let dir = tempfile::tempdir().expect("dir");
         write_self_signed(dir.path(), &["localhost".into()]).expect("generate");
-        let config = server_config(&dir.path().join("cert.pem"), &dir.path().join("key.pem")).expect("valid");
+        let (config, _) =
+            server_config(&dir.path().join("cert.pem"), &dir.path().join("key.pem"), None).expect("valid");
         assert_eq!(config.alpn_protocols[0], b"h2");
+        assert!(config.ticketer.enabled(), "session tickets are on");
     }
 
     #[test]
     fn bad_files_are_clear_errors_naming_the_file() {
         let dir = tempfile::tempdir().expect("dir");
         let missing = dir.path().join("missing.pem");
-        let err = server_config(&missing, &missing).expect_err("missing");
+        let err = server_config(&missing, &missing, None).expect_err("missing");
         assert!(err.to_string().contains("missing.pem"), "{err}");
 
         let garbage = dir.path().join("garbage.pem");
         std::fs::write(&garbage, "not a certificate").expect("write");
-        let err = server_config(&garbage, &garbage).expect_err("garbage");
+        let err = server_config(&garbage, &garbage, None).expect_err("garbage");
         assert!(err.to_string().contains("no PEM certificate"), "{err}");
 
         write_self_signed(dir.path(), &["a".into()]).expect("generate");
         let other = dir.path().join("other");
         write_self_signed(&other, &["b".into()]).expect("generate");
-        let err = server_config(&dir.path().join("cert.pem"), &other.join("key.pem")).expect_err("mismatch");
+        let err = server_config(&dir.path().join("cert.pem"), &other.join("key.pem"), None).expect_err("mismatch");
         assert!(err.to_string().contains("rejected"), "{err}");
+    }
+
+    fn pair(dir: &Path, names: &[&str]) -> (std::path::PathBuf, std::path::PathBuf) {
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        write_self_signed(dir, &names).expect("generate");
+        (dir.join("cert.pem"), dir.join("key.pem"))
+    }
+
+    #[test]
+    fn resumption_survives_a_new_certificate_for_the_same_names_only() {
+        let root = tempfile::tempdir().expect("dir");
+        let (cert, key) = pair(&root.path().join("a"), &["api.example", "127.0.0.1"]);
+        let (_, first) = server_config(&cert, &key, None).expect("valid");
+        // Renewed: a new key and certificate for the same names.
+        let (cert, key) = pair(&root.path().join("b"), &["api.example", "127.0.0.1"]);
+        let (_, renewed) = server_config(&cert, &key, Some(&first)).expect("valid");
+        assert!(
+            renewed.is_shared_with(&first),
+            "tickets issued before the renewal still resume"
+        );
+        // Another server's names: a fresh start.
+        let (cert, key) = pair(&root.path().join("c"), &["other.example"]);
+        let (_, other) = server_config(&cert, &key, Some(&renewed)).expect("valid");
+        assert!(!other.is_shared_with(&renewed));
+    }
+
+    #[test]
+    fn the_names_are_read_from_the_certificate() {
+        let root = tempfile::tempdir().expect("dir");
+        let (cert, _) = pair(root.path(), &["api.example"]);
+        let der = load_certs(&cert).expect("certs").remove(0);
+        let names = subject_alt_names(&der).expect("a subjectAltName");
+        assert!(names.windows(11).any(|w| w == b"api.example"), "{names:?}");
+        assert_eq!(subject_alt_names(b"no extension here"), None);
     }
 }

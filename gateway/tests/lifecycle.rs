@@ -425,7 +425,7 @@ fn gen_cert_writes_a_usable_pair() {
         .output()
         .expect("runs");
     assert!(out.status.success());
-    gateway::tls::server_config(&dir.path().join("cert.pem"), &dir.path().join("key.pem")).expect("loads");
+    gateway::tls::server_config(&dir.path().join("cert.pem"), &dir.path().join("key.pem"), None).expect("loads");
 }
 
 #[test]

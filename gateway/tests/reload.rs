@@ -245,3 +245,74 @@ async fn a_request_in_flight_finishes_on_the_configuration_it_started_with() {
         "the running request finished where it started"
     );
 }
+
+/// One HTTPS request with `config` (its session cache kept between
+/// calls); whether the handshake resumed a session.
+async fn resumed(gw: &TestGateway, config: &Arc<rustls::ClientConfig>) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tcp = tokio::net::TcpStream::connect(gw.https.expect("https"))
+        .await
+        .expect("connect");
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let mut tls = tokio_rustls::TlsConnector::from(config.clone())
+        .connect(name, tcp)
+        .await
+        .expect("handshake");
+    tls.write_all(b"GET /whoami HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    // Reading to the end also takes in the session tickets sent after the handshake.
+    let mut answer = Vec::new();
+    let _ = tls.read_to_end(&mut answer).await;
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed)
+}
+
+#[tokio::test]
+async fn sessions_resume_across_a_reload_with_a_renewed_certificate_but_not_for_other_names() {
+    let rs = replicas(1).await;
+    let gw = start(&rs, "[rate_limits]").await;
+    // Every certificate the gateway will serve, trusted from the start.
+    let renewed = tempfile::tempdir().expect("dir");
+    let renamed = tempfile::tempdir().expect("dir");
+    gateway::tls::write_self_signed(renewed.path(), &["localhost".into(), "127.0.0.1".into()]).expect("cert");
+    gateway::tls::write_self_signed(renamed.path(), &["localhost".into()]).expect("cert");
+    let mut roots = rustls::RootCertStore::empty();
+    for dir in [gw.dir.path(), renewed.path(), renamed.path()] {
+        for cert in gateway::tls::load_certs(&dir.join("cert.pem")).expect("certs") {
+            roots.add(cert).expect("root");
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = Arc::new(
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    );
+    assert!(!resumed(&gw, &config).await, "the first handshake is a full one");
+    assert!(resumed(&gw, &config).await, "the second resumes");
+    let install = |from: &std::path::Path| {
+        for file in ["cert.pem", "key.pem"] {
+            std::fs::copy(from.join(file), gw.dir.path().join(file)).expect("copy");
+        }
+    };
+    install(renewed.path());
+    gw.reloader.reload().await.expect("applied");
+    assert!(
+        resumed(&gw, &config).await,
+        "a renewal for the same names keeps sessions"
+    );
+    install(renamed.path());
+    gw.reloader.reload().await.expect("applied");
+    assert!(
+        !resumed(&gw, &config).await,
+        "a certificate for other names starts afresh"
+    );
+    assert!(resumed(&gw, &config).await, "and resumes what it issued itself");
+}
