@@ -10,7 +10,12 @@
 #     its sessions (wrk -t1 -c32 -H 'Connection: close' over https);
 #   full TLS handshakes per second (openssl s_time -new).
 # Rates are medians of ROUNDS interleaved rounds. Prints each figure and
-# the gateway/nginx ratios.
+# the gateway/nginx ratios, and writes the gateway's memory figures to
+# bench/connections.measured.toml, which a test holds the defaults to
+# (max_connections times the idle cost, plus the baseline, must fit the
+# Swarm stack's memory limit with room: gateway/tests/memory_budget.rs).
+# MODES (default "h1 tls h2 big") picks the memory figures to take; the
+# file is written only when all are taken.
 # Usage: bench/connections.sh [COUNT=10000] [ROUNDS=3] [SECONDS=8]
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -51,7 +56,7 @@ start_proxies() {
 stop_proxies() {
   kill "$(cat "$WORK/nginx.pid")" "$GW_PID"
   wait "$GW_PID" 2>/dev/null || true
-  while [ -f "$WORK/nginx.pid" ] && kill -0 "$(cat "$WORK/nginx.pid")" 2>/dev/null; do sleep 0.2; done
+  while [ -f "$WORK/nginx.pid" ] && kill -0 "$(cat "$WORK/nginx.pid" 2>/dev/null)" 2>/dev/null; do sleep 0.2; done
 }
 
 rss_kb() { # PID... -> their VmRSS, summed
@@ -63,48 +68,50 @@ rss_kb() { # PID... -> their VmRSS, summed
   echo "$total"
 }
 
-# idle_cost MODE PORT PIDS... -> bytes per idle connection
+# idle_cost MODE PORT PIDS... -> bytes per idle connection (BODY, when
+# set, is the size of the one request each connection made; COUNT their
+# number)
 idle_cost() {
   local mode=$1 port=$2
   shift 2
+  local count=$COUNT
   local before after fifo ready
   before=$(rss_kb "$@")
+  echo "$before" >"$WORK/before.kb" 
   fifo="$WORK/idle.fifo"
   rm -f "$fifo"; mkfifo "$fifo"
-  python3 bench/idle_conns.py --target "127.0.0.1:$port" --count "$COUNT" --mode "$mode" <"$fifo" >"$WORK/idle.out" 2>"$WORK/idle.err" &
+  python3 bench/idle_conns.py --target "127.0.0.1:$port" --count "$count" --mode "$mode" --body "${BODY:-0}" \
+    <"$fifo" >"$WORK/idle.out" 2>"$WORK/idle.err" &
   local client=$!
   exec 7>"$fifo"
   until grep -q '^ready' "$WORK/idle.out" 2>/dev/null; do sleep 0.5; done
   ready=$(awk '/^ready/ { print $2 }' "$WORK/idle.out")
   # Past the second after which an idle HTTP/1.1 connection of the
-  # gateway hands its buffers back (connection::PARK_AFTER).
-  sleep 3
+  # gateway hands its buffers back (connection::PARK_AFTER); after large
+  # bodies, also past the upstream keepalive_timeout (4 s), so the pooled
+  # upstream connections that carried them (the pool's memory, bounded by
+  # keepalive_max_idle, not the client connections') have closed.
+  sleep "${SETTLE:-3}"
   after=$(rss_kb "$@")
   echo >&7
   exec 7>&-
   wait "$client" || true
   sleep 3 # let the closed connections go
-  if ((ready < COUNT)); then echo "only $ready of $COUNT $mode connections opened" >&2; fi
+  if ((ready < count)); then echo "only $ready of $count $mode connections opened" >&2; fi
   echo $(((after - before) * 1024 / ready))
-}
-
-# resumed_rate PORT -> new TLS connections per second, sessions resumed
-resumed_rate() {
-  wrk -t1 -c32 -d"${SECS}s" -H 'Connection: close' "https://127.0.0.1:$1/healthz" | awk '/Requests\/sec:/ { printf "%.0f\n", $2 }'
-}
-
-# full_rate PORT -> full TLS handshakes per second
-full_rate() {
-  openssl s_time -connect "127.0.0.1:$1" -new -time "$SECS" 2>/dev/null | awk '/connections in .* real seconds/ { printf "%.0f\n", $1 / $4 }'
 }
 
 echo "memory per idle connection ($COUNT connections, one request each, RSS growth / connections)"
 declare -A mem
-for mode in h1 tls h2; do
+# big: HTTP/1.1 after a 1 MiB request (a JSON document the app reads in
+# full and refuses): a connection that carried one keeps no large buffer.
+for mode in ${MODES:-h1 tls h2 big}; do
   start_proxies
-  if [ "$mode" = h1 ]; then gw_port=$GW_HTTP; ng_port=$NG_HTTP; else gw_port=$GW_HTTPS; ng_port=$NG_HTTPS; fi
-  mem[gateway-$mode]=$(idle_cost "$mode" "$gw_port" "$GW_PID")
-  mem[nginx-$mode]=$(idle_cost "$mode" "$ng_port" "${NG_WORKERS[@]}")
+  if [ "$mode" = tls ] || [ "$mode" = h2 ]; then gw_port=$GW_HTTPS; ng_port=$NG_HTTPS; else gw_port=$GW_HTTP; ng_port=$NG_HTTP; fi
+  if [ "$mode" = big ]; then export BODY=1048576 SETTLE=6 kind=h1; else export BODY=0 SETTLE=3 kind=$mode; fi
+  mem[gateway-$mode]=$(idle_cost "$kind" "$gw_port" "$GW_PID")
+  [ "$mode" = h1 ] && baseline=$(cat "$WORK/before.kb")
+  mem[nginx-$mode]=$(idle_cost "$kind" "$ng_port" "${NG_WORKERS[@]}")
   printf '  %-4s gateway %6s B   nginx %6s B\n' "$mode" "${mem[gateway-$mode]}" "${mem[nginx-$mode]}"
   stop_proxies
 done
@@ -115,21 +122,33 @@ for round in $(seq 1 "$ROUNDS"); do
   if ((round % 2)); then order="gateway nginx"; else order="nginx gateway"; fi
   for proxy in $order; do
     if [ "$proxy" = gateway ]; then port=$GW_HTTPS; else port=$NG_HTTPS; fi
-    r=$(resumed_rate "$port"); f=$(full_rate "$port")
+    r=$(resumed_rate "$port" "$SECS"); f=$(full_rate "$port" "$SECS")
     echo "round $round $proxy: resumed $r/s, full $f/s"
     if [ "$proxy" = gateway ]; then resumed_gw+=("$r"); full_gw+=("$f"); else resumed_ng+=("$r"); full_ng+=("$f"); fi
   done
 done
 
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2fx", a / b; else print "n/a" }'; }
 rg=$(median "${resumed_gw[@]}"); rn=$(median "${resumed_ng[@]}")
 fg=$(median "${full_gw[@]}"); fn=$(median "${full_ng[@]}")
 echo
 echo "measure                                   gateway      nginx   gateway/nginx"
-for mode in h1 tls h2; do
+for mode in ${MODES:-h1 tls h2 big}; do
   printf '%-40s %8s B %8s B   %s\n' "idle connection memory, $mode" "${mem[gateway-$mode]}" "${mem[nginx-$mode]}" "$(ratio "${mem[gateway-$mode]}" "${mem[nginx-$mode]}")"
 done
 printf '%-40s %8s/s %7s/s   %s\n' "new TLS connections/s, resumed" "$rg" "$rn" "$(ratio "$rg" "$rn")"
 printf '%-40s %8s/s %7s/s   %s\n' "full TLS handshakes/s" "$fg" "$fn" "$(ratio "$fg" "$fn")"
+if [ -n "${MODES:-}" ]; then
+  echo "MODES set: bench/connections.measured.toml left as it was"
+else
+cat >bench/connections.measured.toml <<TOML
+# Written by bench/connections.sh on $(date -u +%Y-%m-%d) ($COUNT idle connections per figure,
+# fresh gateway each, default workers); read by gateway/tests/memory_budget.rs.
+idle_http1_bytes = ${mem[gateway-h1]}
+idle_tls_http1_bytes = ${mem[gateway-tls]}
+idle_tls_http2_bytes = ${mem[gateway-h2]}
+baseline_bytes = $((baseline * 1024))
+TOML
+echo "wrote bench/connections.measured.toml"
+fi
 echo "gateway memory metrics:"
 curl -fsS "http://$GW_ADMIN/metrics" | grep -E '^gateway_(memory|connections_open)' | sed 's/^/  /' || true

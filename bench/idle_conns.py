@@ -1,11 +1,14 @@
 #!/usr/bin/env python3
 """Opens idle keep-alive connections for bench/connections.sh.
 
-    idle_conns.py --target HOST:PORT --count N --mode h1|tls|h2 [--base 127.1]
+    idle_conns.py --target HOST:PORT --count N --mode h1|tls|h2 [--base 127.1] [--body BYTES]
 
 Each connection comes from its own loopback address (127.1.x.y: distinct
 clients, so per-address caps do not apply), completes one GET /healthz
-(HTTP/1.1 in the clear, HTTP/1.1 over TLS, or HTTP/2 over TLS by ALPN),
+(HTTP/1.1 in the clear, HTTP/1.1 over TLS, or HTTP/2 over TLS by ALPN;
+with --body, an HTTP/1.1 POST /configs of that many bytes, a JSON document
+the app reads in full and refuses with 422, so every proxy and the app keep
+the connection),
 reads the whole answer, and then stays open and idle. Prints "ready N" once
 all are open (N: how many succeeded), then waits for a line on stdin and
 closes them.
@@ -68,12 +71,18 @@ async def exchange_h2(reader, writer):
             return 200
 
 
-async def one(source, host, port, mode, tls, held, semaphore):
+async def one(source, host, port, mode, tls, held, semaphore, body):
     async with semaphore:
         try:
             reader, writer = await open_from(source, host, port, tls)
             if mode == "h2":
                 await asyncio.wait_for(exchange_h2(reader, writer), 30)
+            elif body:
+                document = b'{"name":"idle","data":"' + b"x" * (body - 26) + b'"}'
+                head = f"POST /configs HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {len(document)}\r\n\r\n"
+                writer.write(head.encode() + document)
+                await writer.drain()
+                await asyncio.wait_for(read_h1(reader), 30)
             else:
                 writer.write(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
                 await writer.drain()
@@ -89,6 +98,7 @@ async def main():
     parser.add_argument("--count", type=int, default=10000)
     parser.add_argument("--mode", choices=["h1", "tls", "h2"], default="h1")
     parser.add_argument("--base", default="127.1")
+    parser.add_argument("--body", type=int, default=0)
     args = parser.parse_args()
     host, port = args.target.rsplit(":", 1)
     tls = None
@@ -98,8 +108,10 @@ async def main():
         tls.verify_mode = ssl.CERT_NONE
         tls.set_alpn_protocols(["h2"] if args.mode == "h2" else ["http/1.1"])
     held = []
-    semaphore = asyncio.Semaphore(200)
-    await asyncio.gather(*(one(s, host, int(port), args.mode, tls, held, semaphore) for s in sources(args.base, args.count)))
+    semaphore = asyncio.Semaphore(200 if not args.body else 20)
+    await asyncio.gather(
+        *(one(s, host, int(port), args.mode, tls, held, semaphore, args.body) for s in sources(args.base, args.count))
+    )
     print(f"ready {len(held)}", flush=True)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
     for writer in held:

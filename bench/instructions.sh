@@ -11,6 +11,9 @@
 # connections). The difference of the two totals over N2 - N1 is what one
 # request costs, start-up and shutdown excluded. Kernel time is not
 # counted; both proxies make the same system calls per request.
+# Then it prints where the gateway's instructions per request go, by crate
+# (each function's own instructions, grouped by the crate its name starts
+# with; C functions by their library), from the same two counts.
 # Usage: bench/instructions.sh [N1=2000] [N2=12000]
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -63,6 +66,28 @@ count() {
   COUNT=$(callgrind_annotate "$out" 2>/dev/null | awk '/PROGRAM TOTALS/ && !n++ { gsub(",", "", $1); print $1 }')
 }
 
+# by_crate FILE -> "where instructions" lines: each function's own count
+# (callgrind_annotate, every function listed), summed by the crate its
+# name starts with (a trait impl by its type's; the gateway's by module)
+# or, for C, by its library (libc's memcpy). Code inlined into a function
+# counts as that function's, whichever crate it came from.
+by_crate() {
+  callgrind_annotate --auto=no --threshold=100 "$1" 2>/dev/null | awk '
+    /^ *[0-9,]+ +\( *[0-9.]+%\) +[^ ]/ && !/PROGRAM TOTALS/ {
+      n = $1; gsub(",", "", n)
+      line = $0; sub(/^ *[0-9,]+ +\( *[0-9.]+%\) +/, "", line)
+      object = line; sub(/.*\[/, "", object); sub(/\].*/, "", object); sub(/.*\//, "", object)
+      fn = line; sub(/ \[[^]]*\]$/, "", fn); sub(/^[^:]*:/, "", fn)
+      sub(/^[<&]+/, "", fn); sub(/^(dyn |mut )+/, "", fn)
+      if (fn ~ /^gateway::[a-z_]+::/) { split(fn, part, "::"); where = "gateway::" part[2] }
+      else if (fn ~ /^[A-Za-z_][A-Za-z0-9_]*::/) { where = fn; sub(/::.*/, "", where) }
+      else if (fn ~ /^_?mi_/) where = "mimalloc"
+      else where = object
+      sum[where] += n
+    }
+    END { for (w in sum) print w, sum[w] }'
+}
+
 declare -A PER_REQUEST
 for proxy in nginx gateway; do
   count "$proxy" "$N1"; small=$COUNT
@@ -78,3 +103,8 @@ for proxy in nginx gateway; do
 done
 awk -v g="${PER_REQUEST[gateway]}" -v n="${PER_REQUEST[nginx]}" \
   'BEGIN { printf "gateway/nginx instructions per request: %.2fx\n", g / n }'
+
+printf '\nWhere the gateway'"'"'s instructions per request go (own instructions by crate, %s - %s requests)\n' "$N2" "$N1"
+join -a1 -a2 -e0 -o 0,1.2,2.2 <(by_crate "$WORK/callgrind.gateway.$N2" | LC_ALL=C sort) <(by_crate "$WORK/callgrind.gateway.$N1" | LC_ALL=C sort) |
+  awk -v n=$((N2 - N1)) '{ d = ($2 - $3) / n; if (d >= 100) printf "%8.0f  %s\n", d, $1; else rest += d }
+    END { printf "%8.0f  (the rest, under 100 each)\n", rest }' | sort -rn

@@ -108,11 +108,12 @@ TOML
 }
 
 # start_gateway WORK NAME EXTRA_TOML -> sets GW_HTTP, GW_HTTPS and GW_PID: the
-# gateway of `gateway_config` running, access log to a file.
+# gateway of `gateway_config` running (the binary GATEWAY_BIN, by default
+# the release build), access log to a file.
 start_gateway() {
   local work=$1 name=$2
   gateway_config "$@"
-  RUST_LOG=info target/release/gateway --config "$work/$name.toml" 2>"$work/$name-access.log" &
+  RUST_LOG=info "${GATEWAY_BIN:-target/release/gateway}" --config "$work/$name.toml" 2>"$work/$name-access.log" &
   GW_PID=$!
   pids+=("$GW_PID")
   wait_http "http://127.0.0.1:$GW_HTTP/healthz" 30
@@ -165,4 +166,19 @@ http {
   }
 }
 CONF
+}
+
+# resumed_rate PORT SECONDS -> new TLS connections per second, one request
+# each, the client (wrk, one thread, 32 connections) resuming its sessions
+resumed_rate() {
+  wrk -t1 -c32 -d"$2s" -H 'Connection: close' "https://127.0.0.1:$1/healthz" | awk '/Requests\/sec:/ { printf "%.0f\n", $2 }'
+}
+
+# full_rate PORT SECONDS -> full TLS handshakes per second (openssl s_time -new)
+full_rate() {
+  openssl s_time -connect "127.0.0.1:$1" -new -time "$2" 2>/dev/null | awk '/connections in .* real seconds/ { printf "%.0f\n", $1 / $4 }'
+}
+
+ratio() { # A B -> "A/Bx"
+  awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2fx", a / b; else print "n/a" }'
 }

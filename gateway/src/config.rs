@@ -347,7 +347,7 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Self {
-            max_connections: 20_000,
+            max_connections: 12_000,
             max_connections_per_ip: 256,
             max_requests_in_flight: 10_000,
             max_requests_in_flight_per_client: 100,

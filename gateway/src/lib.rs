@@ -1,6 +1,6 @@
 //! The edge gateway: TLS termination, per-client limits, balancing across
 //! upstream replicas with health checks and retries, access logs and
-//! metrics. See `shared/design/GATEWAY.md` and the README.
+//! metrics. See `docs/GATEWAY.md` and the README.
 //!
 //! Requests are served by [`workers`] (one event loop per thread, as
 //! nginx's worker processes). A request flows through [`server`] (accept,
@@ -23,6 +23,7 @@ pub mod health;
 pub mod in_flight;
 pub mod ip_text;
 pub mod log_limit;
+pub mod memory;
 pub mod metrics;
 pub mod nets;
 pub mod proxy;

@@ -122,6 +122,10 @@ pub struct Metrics {
     /// (including malformed, oversized or late requests hyper answered
     /// before any layer saw them).
     pub request_errors: Family<ErrorLabels, Counter>,
+    /// The process's resident memory, read at each scrape.
+    pub memory_resident: Gauge,
+    /// The memory limit the process runs under (its cgroup's), 0 if none.
+    pub memory_limit: Gauge,
 }
 
 fn latency_histogram() -> ShardedHistogram {
@@ -143,6 +147,8 @@ impl Default for Metrics {
         let rate_limit_keys = Family::<PolicyLabels, Gauge>::default();
         let reloads = Family::<ReloadLabels, Counter>::default();
         let request_errors = Family::<ErrorLabels, Counter>::default();
+        let memory_resident = Gauge::default();
+        let memory_limit = Gauge::default();
         registry.register("requests", "Requests by route and status class", requests.clone());
         registry.register(
             "request_duration_seconds",
@@ -183,6 +189,18 @@ impl Default for Metrics {
             "Requests the gateway answered with an error itself, by origin and reason",
             request_errors.clone(),
         );
+        registry.register_with_unit(
+            "memory_resident",
+            "Resident memory of the process (read at each scrape)",
+            prometheus_client::registry::Unit::Bytes,
+            memory_resident.clone(),
+        );
+        registry.register_with_unit(
+            "memory_limit",
+            "Memory limit of the process's cgroup (0: none found)",
+            prometheus_client::registry::Unit::Bytes,
+            memory_limit.clone(),
+        );
         Self {
             registry,
             requests,
@@ -197,6 +215,8 @@ impl Default for Metrics {
             rate_limit_keys,
             reloads,
             request_errors,
+            memory_resident,
+            memory_limit,
         }
     }
 }
@@ -315,8 +335,10 @@ impl Metrics {
         self.upstream_healthy.get_or_create(&labels).set(i64::from(available));
     }
 
-    /// The Prometheus text exposition.
+    /// The Prometheus text exposition (memory gauges read now).
     pub fn render(&self) -> String {
+        self.memory_resident.set(crate::memory::resident_bytes().unwrap_or(0));
+        self.memory_limit.set(crate::memory::limit_bytes().unwrap_or(0));
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out

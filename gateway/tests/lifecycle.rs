@@ -138,6 +138,37 @@ async fn connections_beyond_the_per_ip_cap_are_closed() {
 }
 
 #[tokio::test]
+async fn the_metrics_show_open_connections_and_the_memory_they_take() {
+    let rs = replicas(1).await;
+    let gw = http_gateway(&addrs(&rs), "").await;
+    let http = gw.http.expect("http");
+    let open = tokio::task::spawn_blocking(move || {
+        (0..20)
+            .map(|_| {
+                let mut s = std::net::TcpStream::connect(http).expect("connect");
+                s.write_all(b"GET /whoami HTTP/1.1\r\nHost: x\r\n\r\n").expect("write");
+                let mut buf = [0u8; 1024];
+                assert!(s.read(&mut buf).expect("answer") > 0);
+                s
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .expect("task");
+    assert_eq!(gw.metric_eventually("gateway_connections_open", 20.0).await, 20.0);
+    let text = gw.metrics().await;
+    let resident = metric(&text, "gateway_memory_resident_bytes");
+    assert!(resident > 1e6, "resident memory {resident}");
+    // The limit is the cgroup's, or 0 outside one; the series is always there.
+    assert!(
+        text.lines().any(|l| l.starts_with("gateway_memory_limit_bytes ")),
+        "{text}"
+    );
+    drop(open);
+    assert_eq!(gw.metric_eventually("gateway_connections_open", 0.0).await, 0.0);
+}
+
+#[tokio::test]
 async fn shutdown_lets_the_in_flight_request_finish_and_reports_draining() {
     let rs = replicas(1).await;
     let gw = gateway_for(&addrs(&rs), "", "").await;
