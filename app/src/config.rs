@@ -1,5 +1,5 @@
 //! The app's typed configuration: defaults, the environment variables that
-//! override them (API.md's table), and the rules checked once at start-up.
+//! override them (docs/API.md's table), and the rules checked once at start-up.
 
 use bytesize::ByteSize;
 use serde::Deserialize;

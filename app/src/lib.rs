@@ -1,4 +1,4 @@
-//! The configs JSON API (see `shared/design/API.md` in the design notes and
+//! The configs JSON API (see `docs/API.md` and
 //! the README): named JSON configs on MongoDB or an embedded SQLite store,
 //! a Redis read cache, health, readiness, version and Prometheus metrics.
 //!

@@ -1,4 +1,4 @@
-//! The HTTP contract of API.md, end to end, on both backends: the embedded
+//! The HTTP contract of docs/API.md, end to end, on both backends: the embedded
 //! SQLite store, and MongoDB with the Redis cache.
 
 #[macro_use]

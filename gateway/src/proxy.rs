@@ -1,7 +1,7 @@
 //! The innermost service: route by path prefix, rewrite the request for the
 //! upstream, forward it through a pooled keep-alive client, retry when safe.
 //!
-//! Retry rules (GATEWAY.md): a connection that failed before anything was
+//! Retry rules (docs/GATEWAY.md): a connection that failed before anything was
 //! sent is retried on another replica for any method (the request body is
 //! untouched then, and is reclaimed for the next try); a 502/503, a reset
 //! after sending, or a timeout is retried only for idempotent methods whose

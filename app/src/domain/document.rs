@@ -1,4 +1,4 @@
-//! Config documents and the validation rules of API.md.
+//! Config documents and the validation rules of docs/API.md.
 //!
 //! Keys inside `data` become MongoDB field paths, so the key rules here are
 //! an injection boundary: non-empty, no leading `$`, no `.`, no NUL.
@@ -183,7 +183,7 @@ fn check_value(value: &Value, pointer: &str, level: usize, errors: &mut Vec<Fiel
     }
 }
 
-/// The key rules of API.md; also used for `data.KEY` search parameters.
+/// The key rules of docs/API.md; also used for `data.KEY` search parameters.
 pub(crate) fn check_key(key: &str) -> Result<(), String> {
     if key.is_empty() {
         Err("keys must not be empty".into())

@@ -1,7 +1,7 @@
 //! Query-string parsing for `/configs` paging and `/search` (with its own
 //! paging).
 //!
-//! Values are percent-decoded only (`+` stays `+`), as API.md says.
+//! Values are percent-decoded only (`+` stays `+`), as docs/API.md says.
 //! Unknown or repeated parameters are errors that name the parameter.
 
 use super::{Condition, ConfigName, SearchCursor, SearchPage, SearchQuery};

@@ -48,7 +48,7 @@ impl Condition {
     }
 }
 
-/// API.md's typed matching: a string equal to the text; a number equal to
+/// docs/API.md's typed matching: a string equal to the text; a number equal to
 /// it when it parses as a number; a boolean for `true`/`false`; null for
 /// `null`. Arrays and objects never match.
 pub fn text_matches(text: &str, value: &Value) -> bool {

@@ -133,7 +133,7 @@ fn to_bson<T: serde::Serialize>(value: &T) -> Result<Bson, StoreError> {
     mongodb::bson::to_bson(value).map_err(|e| StoreError::Internal(e.to_string()))
 }
 
-/// The values a query text may match (API.md typed matching): the string,
+/// The values a query text may match (docs/API.md typed matching): the string,
 /// and the number, boolean or null it spells.
 fn candidates_for(text: &str) -> Vec<Bson> {
     let mut values = vec![Bson::String(text.to_string())];
