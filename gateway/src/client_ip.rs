@@ -8,7 +8,6 @@
 //! Keys group addresses by prefix: IPv6 by /64 by default (one host owns a
 //! whole /64), IPv4 by /32.
 
-use crate::rate_limit::Key;
 use http::HeaderMap;
 use ipnet::IpNet;
 use std::net::IpAddr;
@@ -83,6 +82,13 @@ pub fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// A client key: an address masked to its prefix (IPv4 in the IPv4-mapped
+/// IPv6 space), as two words to keep entries at 8-byte alignment. The
+/// rate limiter, the per-client in-flight share and the connection caps
+/// all count by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Key(pub u64, pub u64);
+
 /// Prefix lengths that group addresses into keys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KeyPrefixes {
@@ -99,7 +105,7 @@ impl Default for KeyPrefixes {
 }
 
 impl KeyPrefixes {
-    /// The rate-limit key of `ip`.
+    /// The client key of `ip`.
     pub fn key(&self, ip: IpAddr) -> Key {
         let bits: u128 = match canonical(ip) {
             IpAddr::V4(v4) => {

@@ -6,7 +6,7 @@
 //!
 //! Neither keeps a queue: over a cap the answer is immediate.
 
-use crate::rate_limit::Key;
+use crate::client_ip::Key;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
 /// Requests allowed in flight at once: one count taken with one atomic

@@ -4,7 +4,8 @@
 //!
 //! Requests are served by [`workers`] (one event loop per thread, as
 //! nginx's worker processes). A request flows through [`server`] (accept,
-//! caps, TLS, hyper), [`stack`]
+//! caps, TLS) and [`connection`] (hyper) into the [`generation`] in force
+//! (everything one configuration builds), whose [`stack`]
 //! (request id, access log and metrics, load shedding, the [`rate_limit`]er
 //! keyed by [`client_ip`], body limit) and
 //! [`proxy`] (route, forward, retry) to a replica chosen by [`balancer`].
@@ -19,6 +20,7 @@ pub mod client_ip;
 pub mod config;
 pub mod connection;
 pub mod errors;
+pub mod generation;
 pub mod health;
 pub mod in_flight;
 pub mod ip_text;
@@ -34,10 +36,12 @@ pub mod replay;
 pub mod request_check;
 pub mod send_timeout;
 pub mod server;
+pub mod service;
 pub mod sharded;
 pub mod stack;
 pub mod startup;
 pub mod tls;
 pub mod upstream_client;
 pub mod upstream_pool;
+pub mod worker_id;
 pub mod workers;

@@ -15,7 +15,7 @@ use crate::errors::GatewayError;
 use crate::ip_text::IpText;
 use crate::log_limit::Throttle;
 use crate::metrics::Metrics;
-use crate::server::ClientInfo;
+use crate::service::ClientInfo;
 use crate::upstream_client::SendError;
 pub use crate::upstream_client::UpstreamClient;
 use axum::body::Body;

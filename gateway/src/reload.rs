@@ -1,8 +1,6 @@
-//! Configuration generations and hot reload.
+//! Hot reload: watching, diffing, swapping.
 //!
-//! [`build_active`] turns a valid configuration into everything the
-//! listeners use (a [`Generation`]) plus what runs beside it (upstream
-//! clients, health checks, the limiter). [`Reloader::reload`] validates a
+//! [`Reloader::reload`] validates a
 //! new file first; an invalid one keeps the old configuration serving and
 //! logs every problem (`gateway_config_reloads_total{result="rejected"}`). A
 //! valid one is swapped in atomically: new connections and requests use it,
@@ -12,219 +10,17 @@
 //! hands clients fresh bursts. Settings that need a restart (listener
 //! addresses, connection caps, PROXY protocol, log format) are logged when
 //! they change and keep their running values. Triggers: SIGHUP, and a change
-//! to the configuration or certificate files (polled, debounced).
+//! to the configuration or certificate files (polled, debounced). What a
+//! configuration is built into is [`crate::generation`]'s.
 
 use crate::balancer::Upstream;
-use crate::client_ip::{KeyPrefixes, TrustedProxies};
-use crate::config::{GatewayConfig, HttpMode};
-use crate::connection::Protocols;
-use crate::health;
-use crate::in_flight::{ClientInFlight, InFlightLimit};
+use crate::config::GatewayConfig;
+use crate::generation::{self, Active, Current, Fixed};
 use crate::metrics::Metrics;
-use crate::proxy::{Proxy, Route, Routes, UpstreamClient};
-use crate::rate_limit::{MonotonicClock, RateLimiter};
-use crate::server::{Current, Generation, HttpService};
-use crate::stack::{self, StackState};
-use crate::tls;
-use anyhow::Context;
 use shared::shutdown::CancellationToken;
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
-use tokio_rustls::TlsAcceptor;
-
-/// Everything built from one configuration.
-#[derive(Debug)]
-pub struct Active {
-    /// The configuration.
-    pub config: GatewayConfig,
-    /// What the listeners use.
-    pub generation: Arc<Generation>,
-    /// Upstream clients by name.
-    pub clients: BTreeMap<String, Arc<UpstreamClient>>,
-    /// The rate limiter.
-    pub limiter: Arc<RateLimiter>,
-    /// TLS session resumption (kept across reloads, see `tls::Resumption`).
-    pub resumption: Option<tls::Resumption>,
-    /// Stops this generation's background tasks.
-    background: CancellationToken,
-}
-
-impl Drop for Active {
-    fn drop(&mut self) {
-        self.background.cancel();
-    }
-}
-
-async fn upstream_clients(
-    config: &GatewayConfig,
-    previous: Option<&Active>,
-    workers: usize,
-) -> anyhow::Result<BTreeMap<String, Arc<UpstreamClient>>> {
-    let mut clients = BTreeMap::new();
-    for (name, settings) in &config.upstreams {
-        let kept = previous
-            .and_then(|p| p.clients.get(name))
-            .filter(|c| c.upstream.settings == *settings)
-            .cloned();
-        if let Some(client) = kept {
-            clients.insert(name.clone(), client);
-            continue;
-        }
-        let mut addrs = Vec::new();
-        for server in &settings.servers {
-            let found = health::resolve(server).await;
-            addrs.extend(found.with_context(|| format!("upstreams.{name}: cannot resolve {server}"))?);
-        }
-        if let Some(d) = &settings.discover {
-            match health::resolve(d).await {
-                Ok(found) => addrs = found,
-                Err(error) => {
-                    tracing::warn!(upstream = %name, %error, "{d} does not resolve yet; retrying in the background")
-                }
-            }
-        }
-        let upstream = Arc::new(Upstream::new(name, settings.clone(), &addrs));
-        clients.insert(name.clone(), Arc::new(UpstreamClient::new(upstream, workers)));
-    }
-    Ok(clients)
-}
-
-/// What start-up fixed for the life of the process: a reload builds on
-/// these running values even when the file now says otherwise (such
-/// changes are reported by [`restart_needed`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Fixed {
-    /// The HTTPS listener's port (written into redirects by default).
-    pub https_port: u16,
-    /// Serving workers, each with its own upstream pools.
-    pub workers: usize,
-}
-
-/// Builds a generation from `config`, reusing what `previous` has for
-/// unchanged upstreams and policies, and starts its background tasks.
-pub async fn build_active(
-    config: GatewayConfig,
-    previous: Option<&Active>,
-    metrics: &Arc<Metrics>,
-    fixed: Fixed,
-) -> anyhow::Result<Active> {
-    let clients = upstream_clients(&config, previous, fixed.workers).await?;
-    let (tls, resumption) = match &config.tls {
-        Some(t) => {
-            let previous = previous.and_then(|p| p.resumption.as_ref());
-            let (config, resumption) = tls::server_config(&t.cert, &t.key, previous)?;
-            (Some(TlsAcceptor::from(config)), Some(resumption))
-        }
-        None => (None, None),
-    };
-    let routes = Routes::new(
-        config
-            .routes
-            .iter()
-            .map(|r| Route {
-                prefix: Arc::from(r.path_prefix.as_str()),
-                upstream: clients[&r.upstream].clone(),
-            })
-            .collect(),
-    );
-    let prefixes = KeyPrefixes {
-        v4: config.client_ip.ipv4_prefix,
-        v6: config.client_ip.ipv6_prefix,
-    };
-    let limiter = Arc::new(RateLimiter::new(
-        &config.rate_limits,
-        &config.rate_limit,
-        prefixes,
-        Arc::new(MonotonicClock::default()),
-        previous.map(|p| p.limiter.as_ref()),
-    ));
-    let max_body = config.limits.max_body.as_u64();
-    let proxy = Arc::new(Proxy {
-        routes,
-        metrics: metrics.clone(),
-    });
-    let proxying: HttpService = stack::proxy_stack(
-        StackState {
-            proxy,
-            metrics: metrics.clone(),
-            in_flight: Arc::new(InFlightLimit::new(config.limits.max_requests_in_flight)),
-            per_client: Arc::new(ClientInFlight::new(
-                config
-                    .limits
-                    .max_requests_in_flight_per_client
-                    .min(config.limits.max_requests_in_flight),
-            )),
-            max_body,
-            body_read_timeout: config.limits.body_read_timeout,
-            limiter: limiter.clone(),
-        },
-        fixed.workers,
-    );
-    let plain = match config.server.http_mode {
-        HttpMode::Proxy => proxying.clone(),
-        HttpMode::Redirect | HttpMode::Off => stack::redirect_stack(
-            metrics.clone(),
-            limiter.clone(),
-            config.server.redirect_https_port.unwrap_or(fixed.https_port),
-        ),
-    };
-    let generation = Arc::new(Generation {
-        protocols: Protocols::new(&config.limits, metrics.clone()),
-        limits: config.limits.clone(),
-        trusted: TrustedProxies::new(config.client_ip.trusted_proxies.clone()),
-        tls,
-        proxying,
-        plain,
-    });
-    let background = CancellationToken::new();
-    for client in clients.values() {
-        tokio::spawn(health::check(client.clone(), metrics.clone(), background.clone()));
-        if let Some(name) = &client.upstream.settings.discover {
-            let interval = client.upstream.settings.discover_interval;
-            tokio::spawn(health::discover(
-                client.upstream.clone(),
-                name.clone(),
-                interval,
-                background.clone(),
-            ));
-        }
-    }
-    tokio::spawn(clean_rate_limits(
-        limiter.clone(),
-        config.rate_limit.cleanup_interval,
-        metrics.clone(),
-        background.clone(),
-    ));
-    Ok(Active {
-        config,
-        generation,
-        clients,
-        limiter,
-        resumption,
-        background,
-    })
-}
-
-/// Drops replenished rate-limit keys every `interval` and publishes the
-/// tracked-key gauges.
-async fn clean_rate_limits(
-    limiter: Arc<RateLimiter>,
-    interval: Duration,
-    metrics: Arc<Metrics>,
-    stop: CancellationToken,
-) {
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = tokio::time::sleep(interval) => {}
-        }
-        for (policy, keys) in limiter.cleanup() {
-            metrics.set_tracked_keys(&policy, keys);
-        }
-    }
-}
 
 /// Settings that only a restart changes, which differ between `old` and `new`.
 pub fn restart_needed(old: &GatewayConfig, new: &GatewayConfig) -> Vec<&'static str> {
@@ -333,7 +129,7 @@ impl Reloader {
         if !restart.is_empty() {
             tracing::warn!(settings = ?restart, "these settings changed but need a restart; their running values stay");
         }
-        let next = build_active(config, Some(&active), &self.metrics, self.fixed)
+        let next = generation::build(config, Some(&active), &self.metrics, self.fixed)
             .await
             .map_err(|e| format!("{e:#}"))?;
         self.current.store(next.generation.clone());

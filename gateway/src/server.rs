@@ -6,13 +6,14 @@
 
 use crate::activity::Activity;
 use crate::client_body::Lingering;
-use crate::client_ip::{KeyPrefixes, TrustedProxies};
+use crate::client_ip::{Key, KeyPrefixes};
 use crate::config::{ClientIpSettings, Limits};
-use crate::connection::{self, Protocol, Protocols, Rewind, Setting, StopSignal};
+use crate::connection::{self, Protocol, Rewind, Setting, StopSignal};
+use crate::generation::{Current, Generation};
 use crate::metrics::{Metrics, WorkerLabels};
 use crate::proxy_protocol;
-use crate::rate_limit::Key;
 use crate::send_timeout::TimedIo;
+use crate::service::{ClientInfo, ResponseFuture};
 use axum::body::Body;
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -27,46 +28,6 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
-
-/// What the gateway observed about the client of a request; in every
-/// request's extensions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ClientInfo {
-    /// The TCP peer.
-    pub peer: SocketAddr,
-    /// The client: the TCP peer or PROXY source, or, when that is a trusted
-    /// proxy, the address found in `X-Forwarded-For` (see `client_ip`).
-    pub ip: IpAddr,
-    /// Whether the connection is TLS.
-    pub tls: bool,
-}
-
-/// The future of one request's response.
-pub type ResponseFuture = std::pin::Pin<Box<dyn Future<Output = Response<Body>> + Send>>;
-
-/// The service every connection of a listener runs: a request in, its
-/// response out (errors already turned into responses). Called by
-/// reference, so a request costs no service clone.
-#[derive(Clone)]
-pub struct HttpService(Arc<dyn Fn(Request<Body>) -> ResponseFuture + Send + Sync>);
-
-impl HttpService {
-    /// A service from its request handler.
-    pub fn new(handler: impl Fn(Request<Body>) -> ResponseFuture + Send + Sync + 'static) -> Self {
-        Self(Arc::new(handler))
-    }
-
-    /// Starts answering `req`.
-    pub fn call(&self, req: Request<Body>) -> ResponseFuture {
-        (self.0)(req)
-    }
-}
-
-impl std::fmt::Debug for HttpService {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("HttpService")
-    }
-}
 
 /// Open-connection accounting: a global cap, and a cap per client key
 /// (the client's address grouped like the rate limiter's keys: an IPv6
@@ -137,36 +98,6 @@ impl ConnectionLimits {
     }
 }
 
-/// What one configuration gives the listeners. A reload builds a new one
-/// and swaps it in whole: new connections and new requests use it, while
-/// requests already running finish on the one they started with.
-pub struct Generation {
-    /// Timeouts and sizes for new connections.
-    pub limits: Limits,
-    /// hyper's builders, enforcing `limits`.
-    pub protocols: Protocols,
-    /// Peers whose forwarding headers are believed.
-    pub trusted: TrustedProxies,
-    /// TLS for new handshakes on the HTTPS listener.
-    pub tls: Option<TlsAcceptor>,
-    /// The proxying stack (HTTPS listener).
-    pub proxying: HttpService,
-    /// The plain-HTTP listener's stack (proxying or redirect).
-    pub plain: HttpService,
-}
-
-impl std::fmt::Debug for Generation {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Generation")
-            .field("limits", &self.limits)
-            .field("tls", &self.tls.is_some())
-            .finish_non_exhaustive()
-    }
-}
-
-/// The generation in force, swapped atomically on reload.
-pub type Current = Arc<arc_swap::ArcSwap<Generation>>;
-
 /// Which listener a connection came in on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Listener {
@@ -219,7 +150,7 @@ impl ServerContext {
 /// each with the generation current when it arrives.
 pub async fn accept_loop(listener: TcpListener, kind: Listener, current: Current, ctx: Arc<ServerContext>) {
     // This loop's worker never changes: find its counter once.
-    let worker = crate::workers::current().map_or_else(|| "none".to_string(), |w| w.to_string());
+    let worker = crate::worker_id::current().map_or_else(|| "none".to_string(), |w| w.to_string());
     let accepted_here = ctx.metrics.accepted.get_or_create(&WorkerLabels { worker }).clone();
     // This loop's connections watch their own signal, raised when the loop ends.
     let stop = Arc::new(StopSignal::default());

@@ -16,7 +16,7 @@ const SHARDS: usize = 16;
 
 /// The calling thread's shard.
 fn shard() -> usize {
-    crate::workers::current().map_or(SHARDS - 1, |w| w % (SHARDS - 1))
+    crate::worker_id::current().map_or(SHARDS - 1, |w| w % (SHARDS - 1))
 }
 
 /// A value on a cache line of its own.
@@ -199,7 +199,7 @@ mod tests {
             for worker in 0..4 {
                 let (counter, gauge, ours) = (&counter, &gauge, &ours);
                 scope.spawn(move || {
-                    crate::workers::set_current_for_tests(Some(worker));
+                    crate::worker_id::set_current_for_tests(Some(worker));
                     for v in values {
                         counter.inc();
                         gauge.inc();

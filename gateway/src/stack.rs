@@ -10,7 +10,7 @@ use crate::metrics::{Metrics, RouteMetrics};
 use crate::proxy::Proxy;
 use crate::rate_limit::{Decision, Outcome, RateLimiter};
 use crate::request_check;
-use crate::server::{ClientInfo, HttpService, ResponseFuture};
+use crate::service::{ClientInfo, HttpService, ResponseFuture};
 use axum::body::Body;
 use axum::extract::Request;
 use bytes::Bytes;
@@ -62,7 +62,7 @@ pub fn proxy_stack(state: StackState, workers: usize) -> HttpService {
             })
         })
         .collect();
-    HttpService::new(move |req: Request| proxy_layers(&copies[crate::workers::slot(copies.len())], req))
+    HttpService::new(move |req: Request| proxy_layers(&copies[crate::worker_id::slot(copies.len())], req))
 }
 
 /// What the proxying layers share.

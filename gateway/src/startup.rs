@@ -7,9 +7,10 @@
 
 use crate::admin::{self, AdminState};
 use crate::config::GatewayConfig;
+use crate::generation::{self, Current, Fixed};
 use crate::metrics::Metrics;
-use crate::reload::{self, Fixed, Reloader, build_active};
-use crate::server::{self, Listener, ServerContext};
+use crate::reload::{self, Reloader};
+use crate::server::{Listener, ServerContext};
 use crate::workers;
 use anyhow::Context;
 use shared::shutdown::{CancellationToken, TaskTracker};
@@ -32,7 +33,7 @@ pub struct Gateway {
     admin: tokio::net::TcpListener,
     fixed: Fixed,
     metrics: Arc<Metrics>,
-    current: server::Current,
+    current: Current,
     reloader: Arc<Reloader>,
 }
 
@@ -73,8 +74,8 @@ impl Gateway {
             workers: config.workers(),
         };
         let metrics = Arc::new(Metrics::default());
-        let active = build_active(config.clone(), None, &metrics, fixed).await?;
-        let current: server::Current = Arc::new(arc_swap::ArcSwap::new(active.generation.clone()));
+        let active = generation::build(config.clone(), None, &metrics, fixed).await?;
+        let current: Current = Arc::new(arc_swap::ArcSwap::new(active.generation.clone()));
         let reloader = Arc::new(Reloader::new(path, current.clone(), active, metrics.clone(), fixed));
         Ok(Self {
             config,

@@ -133,7 +133,7 @@ impl UpstreamClient {
         mut req: http::Request<Body>,
         watch: Option<&BodyWatch>,
     ) -> Result<http::Response<UpstreamBody>, SendError> {
-        let pool = &self.pools.runtimes[crate::workers::slot(self.pools.runtimes.len())];
+        let pool = &self.pools.runtimes[crate::worker_id::slot(self.pools.runtimes.len())];
         let mut queued_until = None;
         loop {
             let (mut sender, pooled) = match pool.reserve(addr) {

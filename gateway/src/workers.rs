@@ -2,7 +2,7 @@
 //! OS threads, each a single-threaded tokio runtime with its own listening
 //! socket per public listener (`SO_REUSEPORT`, so the kernel spreads new
 //! connections across workers) and its own upstream connection pools (see
-//! [`current`]). A request is accepted, limited, proxied and answered on
+//! [`crate::worker_id`]). A request is accepted, limited, proxied and answered on
 //! one thread: no task hops between threads, no cross-thread wake-ups.
 //!
 //! Contract: [`bind`] makes the first socket of a listener (and reports a
@@ -13,38 +13,15 @@
 //! waits for the threads to end. Dropping [`Workers`] (the serving future
 //! dropped without a drain) ends the workers at once.
 
-use crate::server::{self, Current, Listener, ServerContext};
+use crate::generation::Current;
+use crate::server::{self, Listener, ServerContext};
 use shared::shutdown::{CancellationToken, TaskTracker};
 use socket2::{Domain, Socket, Type};
-use std::cell::Cell;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 
 /// Pending connections a listening socket queues (as tokio's own default).
 const BACKLOG: i32 = 1024;
-
-thread_local! {
-    static WORKER: Cell<Option<usize>> = const { Cell::new(None) };
-}
-
-/// The index of the worker running on this thread; `None` elsewhere (the
-/// control runtime: admin, reloads, health checks).
-pub fn current() -> Option<usize> {
-    WORKER.with(Cell::get)
-}
-
-/// This thread's slot among `slots` copies of per-worker state: one per
-/// worker, the last for every other thread.
-pub fn slot(slots: usize) -> usize {
-    let other = slots.saturating_sub(1);
-    current().map_or(other, |w| w.min(other))
-}
-
-/// Makes this thread count as worker `index` (unit tests of per-worker state).
-#[cfg(test)]
-pub fn set_current_for_tests(index: Option<usize>) {
-    WORKER.with(|w| w.set(index));
-}
 
 /// A listening socket on `addr` that others may share (port 0 picks a free
 /// port; [`spawn`] binds each further worker's socket to the port found).
@@ -119,7 +96,7 @@ pub fn spawn(
             .name(format!("worker-{index}"))
             .spawn(move || {
                 let _running = running_token;
-                WORKER.with(|w| w.set(Some(index)));
+                crate::worker_id::set(index);
                 let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                     Ok(runtime) => runtime,
                     Err(error) => {

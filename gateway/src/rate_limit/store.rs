@@ -18,10 +18,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Mutex;
 
-/// A client key: an address masked to its prefix (IPv4 in the IPv4-mapped
-/// IPv6 space), as two words to keep entries at 8-byte alignment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Key(pub u64, pub u64);
+pub use crate::client_ip::Key;
 
 const SHARDS: usize = 64;
 
