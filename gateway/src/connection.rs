@@ -421,10 +421,128 @@ enum Closing {
     Idle,
 }
 
-/// Drives `session` until it ends. The stop signal and the quiet timer
-/// (`park_after` if given, else the idle timeout) wake it; their wakers
-/// are registered once (again after the timer moves), and other wake-ups,
-/// nearly all for the session, read two flags after polling it.
+/// What the driver does after the watcher has looked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Watch {
+    /// Nothing: wait for the session or a watched event to wake the task.
+    Wait,
+    /// Shut the session down gracefully, then poll it again.
+    ShutDown,
+    /// Drop the session: idle and shut down, it was still held open one
+    /// send timeout later.
+    Drop,
+}
+
+/// The stop/idle watcher of one session.
+///
+/// Contract: [`Watcher::watch`], called after each poll of the session
+/// that left it pending, says [`Watch::ShutDown`] once, when the stop
+/// signal is raised, or when the connection has been idle (see
+/// `Activity`) for `park_after` after having served a request (a *park*:
+/// HTTP/1.1 hands its buffers back) or for `idle_timeout`; after an idle
+/// shutdown it says [`Watch::Drop`] if the session is still there one
+/// `send_timeout` later. Its wakers (the stop signal, one timer) are
+/// registered once, and again only when the timer moves, so a wake-up
+/// for the session costs two flag reads.
+struct Watcher<'w, 's> {
+    activity: &'w Activity,
+    stop: &'s StopSignal,
+    stopped: Pin<&'w mut tokio::sync::futures::Notified<'s>>,
+    timer: Pin<&'w mut tokio::time::Sleep>,
+    idle: Duration,
+    send_timeout: Duration,
+    /// The park threshold, or the idle timeout when parking is off.
+    quiet: Duration,
+    parks: bool,
+    first_request: u64,
+    closing: Closing,
+    registered: bool,
+}
+
+impl<'w, 's> Watcher<'w, 's> {
+    /// A watcher over `activity`, made before the stop flag is first read
+    /// (`stopped` from the signal's `Notify`), so that a raise after that
+    /// still wakes the task; `timer` is reset by the watcher.
+    fn new(
+        activity: &'w Activity,
+        stop: &'s StopSignal,
+        stopped: Pin<&'w mut tokio::sync::futures::Notified<'s>>,
+        mut timer: Pin<&'w mut tokio::time::Sleep>,
+        limits: &Limits,
+        park_after: Option<Duration>,
+    ) -> Self {
+        let quiet = park_after.map_or(limits.idle_timeout, |p| p.min(limits.idle_timeout));
+        timer.as_mut().reset(activity.deadline(quiet));
+        Self {
+            activity,
+            stop,
+            stopped,
+            timer,
+            idle: limits.idle_timeout,
+            send_timeout: limits.send_timeout,
+            quiet,
+            parks: park_after.is_some(),
+            first_request: activity.started_total(),
+            closing: Closing::No,
+            registered: false,
+        }
+    }
+
+    /// Whether the session was shut down to park.
+    fn parking(&self) -> bool {
+        self.closing == Closing::Parking
+    }
+
+    /// What to do now (see the type's contract).
+    fn watch(&mut self, cx: &mut Context<'_>) -> Watch {
+        match self.closing {
+            Closing::Stopping | Closing::Parking => return Watch::Wait,
+            Closing::Idle => {
+                return match self.timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => Watch::Drop,
+                    Poll::Pending => Watch::Wait,
+                };
+            }
+            Closing::No => {}
+        }
+        if self.stop.is_raised() {
+            self.closing = Closing::Stopping;
+            return Watch::ShutDown;
+        }
+        loop {
+            if !self.registered {
+                self.registered = true;
+                let _ = self.stopped.as_mut().poll(cx);
+                if self.timer.as_mut().poll(cx).is_pending() {
+                    return Watch::Wait;
+                }
+            } else if !self.timer.is_elapsed() {
+                return Watch::Wait;
+            }
+            // A session parks only once it has served a request: before
+            // that, hyper's header timeout is what bounds it (a head that
+            // trickles in cannot restart it by parking), and a park could
+            // not be told from a client's first request being cut short.
+            let parkable = self.parks && self.activity.started_total() > self.first_request;
+            let threshold = if parkable { self.quiet } else { self.idle };
+            if self.activity.is_busy() {
+                // Idle time counts from the end of what is running.
+                self.activity.touch();
+            }
+            if self.activity.is_idle(threshold) {
+                self.closing = if parkable { Closing::Parking } else { Closing::Idle };
+                let drop_at = tokio::time::Instant::now() + self.send_timeout;
+                self.timer.as_mut().reset(drop_at);
+                return Watch::ShutDown;
+            }
+            self.timer.as_mut().reset(self.activity.deadline(threshold));
+            self.registered = false;
+        }
+    }
+}
+
+/// Drives `session` until it ends, shutting it down or dropping it when
+/// its [`Watcher`] says so.
 async fn drive<T: Session>(
     session: &mut T,
     activity: &Arc<Activity>,
@@ -435,62 +553,23 @@ async fn drive<T: Session>(
         connection: activity.clone(),
         stream: None,
     });
-    let idle = setting.limits.idle_timeout;
-    let quiet = park_after.map_or(idle, |p| p.min(idle));
-    // Made before the flag is first read: a raise after that still wakes it.
     let stopped = setting.stop.notify.notified();
     tokio::pin!(stopped);
-    let timer = tokio::time::sleep_until(activity.deadline(quiet));
+    let timer = tokio::time::sleep(Duration::ZERO);
     tokio::pin!(timer);
-    let mut closing = Closing::No;
-    let mut registered = false;
-    let first_request = activity.started_total();
+    let mut watcher = Watcher::new(activity, setting.stop, stopped, timer, setting.limits, park_after);
     std::future::poll_fn(|cx| {
         loop {
             if let Poll::Ready(result) = SendContext::enter(&mut context, || session.poll_session(cx)) {
-                return Poll::Ready(match (closing, result) {
-                    (Closing::Parking, Ok(())) => Ended::Parked,
+                return Poll::Ready(match (watcher.parking(), result) {
+                    (true, Ok(())) => Ended::Parked,
                     (_, result) => Ended::Finished(result),
                 });
             }
-            match closing {
-                Closing::Stopping | Closing::Parking => return Poll::Pending,
-                Closing::Idle => return timer.as_mut().poll(cx).map(|()| Ended::Dropped),
-                Closing::No => {}
-            }
-            if setting.stop.is_raised() {
-                session.shut_down();
-                closing = Closing::Stopping;
-                continue;
-            }
-            if !registered {
-                registered = true;
-                let _ = stopped.as_mut().poll(cx);
-                if timer.as_mut().poll(cx).is_pending() {
-                    return Poll::Pending;
-                }
-            } else if !timer.is_elapsed() {
-                return Poll::Pending;
-            }
-            // A session parks only once it has served a request: before
-            // that, hyper's header timeout is what bounds it (a head that
-            // trickles in cannot restart it by parking), and a park could
-            // not be told from a client's first request being cut short.
-            let parkable = park_after.is_some() && activity.started_total() > first_request;
-            let threshold = if parkable { quiet } else { idle };
-            if activity.is_busy() {
-                // Idle time counts from the end of what is running.
-                activity.touch();
-            }
-            if activity.is_idle(threshold) {
-                session.shut_down();
-                closing = if parkable { Closing::Parking } else { Closing::Idle };
-                timer
-                    .as_mut()
-                    .reset(tokio::time::Instant::now() + setting.limits.send_timeout);
-            } else {
-                timer.as_mut().reset(activity.deadline(threshold));
-                registered = false;
+            match watcher.watch(cx) {
+                Watch::Wait => return Poll::Pending,
+                Watch::ShutDown => session.shut_down(),
+                Watch::Drop => return Poll::Ready(Ended::Dropped),
             }
         }
     })
@@ -522,6 +601,86 @@ fn count_connection_error(error: &hyper::Error, peer: SocketAddr, metrics: &Metr
 mod tests {
     use super::*;
     use tokio::io::AsyncWriteExt;
+
+    /// Limits with a 10 s idle timeout and a 3 s send timeout.
+    fn limits() -> Limits {
+        Limits {
+            idle_timeout: Duration::from_secs(10),
+            send_timeout: Duration::from_secs(3),
+            ..Limits::default()
+        }
+    }
+
+    /// What `watcher` says now, polled as the driver does.
+    async fn look(watcher: &mut Watcher<'_, '_>) -> Watch {
+        std::future::poll_fn(|cx| Poll::Ready(watcher.watch(cx))).await
+    }
+
+    async fn after(duration: Duration) {
+        tokio::time::advance(duration).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_session_is_shut_down_at_the_idle_timeout_and_dropped_a_send_timeout_later() {
+        let (activity, stop, limits) = (Activity::default(), StopSignal::default(), limits());
+        let stopped = std::pin::pin!(stop.notify.notified());
+        let timer = std::pin::pin!(tokio::time::sleep(Duration::ZERO));
+        let mut watcher = Watcher::new(&activity, &stop, stopped, timer, &limits, Some(PARK_AFTER));
+        assert_eq!(look(&mut watcher).await, Watch::Wait);
+        after(Duration::from_secs(9)).await;
+        // Parking needs a served request: this one has none.
+        assert_eq!(look(&mut watcher).await, Watch::Wait);
+        after(Duration::from_secs(1)).await;
+        assert_eq!(look(&mut watcher).await, Watch::ShutDown);
+        assert!(!watcher.parking());
+        after(Duration::from_secs(2)).await;
+        assert_eq!(look(&mut watcher).await, Watch::Wait, "one send timeout to go");
+        after(Duration::from_secs(1)).await;
+        assert_eq!(look(&mut watcher).await, Watch::Drop);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_session_that_served_a_request_parks_once_quiet_for_park_after() {
+        let (activity, stop, limits) = (Activity::default(), StopSignal::default(), limits());
+        let stopped = std::pin::pin!(stop.notify.notified());
+        let timer = std::pin::pin!(tokio::time::sleep(Duration::ZERO));
+        let mut watcher = Watcher::new(&activity, &stop, stopped, timer, &limits, Some(PARK_AFTER));
+        activity.request_started();
+        after(Duration::from_secs(5)).await;
+        // Busy the whole time: the quiet period starts when it is answered.
+        assert_eq!(look(&mut watcher).await, Watch::Wait);
+        activity.request_answered();
+        activity.touch();
+        after(PARK_AFTER / 2).await;
+        assert_eq!(look(&mut watcher).await, Watch::Wait);
+        after(PARK_AFTER / 2).await;
+        assert_eq!(look(&mut watcher).await, Watch::ShutDown);
+        assert!(watcher.parking());
+        after(Duration::from_secs(60)).await;
+        assert_eq!(
+            look(&mut watcher).await,
+            Watch::Wait,
+            "a parking session is never dropped"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_stop_signal_shuts_a_session_down_once_and_nothing_follows() {
+        let (activity, stop, limits) = (Activity::default(), StopSignal::default(), limits());
+        let stopped = std::pin::pin!(stop.notify.notified());
+        let timer = std::pin::pin!(tokio::time::sleep(Duration::ZERO));
+        let mut watcher = Watcher::new(&activity, &stop, stopped, timer, &limits, None);
+        assert_eq!(look(&mut watcher).await, Watch::Wait);
+        stop.raise();
+        assert_eq!(look(&mut watcher).await, Watch::ShutDown);
+        assert!(!watcher.parking());
+        after(Duration::from_secs(60)).await;
+        assert_eq!(
+            look(&mut watcher).await,
+            Watch::Wait,
+            "the drain's grace period decides"
+        );
+    }
 
     #[tokio::test]
     async fn rewound_bytes_are_read_before_the_stream() {

@@ -4,10 +4,87 @@
 //! client holding slow requests open cannot take every place. A request
 //! holds its places until its response has been sent (or dropped).
 //!
-//! Neither keeps a queue: over a cap the answer is immediate.
+//! Neither keeps a queue: over a cap the answer is immediate. [`Places`]
+//! is the layer's part of a request: the places it took, given back when
+//! it is dropped.
 
 use crate::client_ip::Key;
+use std::cell::Cell;
+use std::net::IpAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+
+/// What a request's places are counted against.
+pub trait Shares {
+    /// The gateway-wide limit.
+    fn global(&self) -> &InFlightLimit;
+    /// Each client's share.
+    fn per_client(&self) -> &ClientInFlight;
+    /// The client key of `ip` (keyed like the rate limiter).
+    fn key(&self, ip: IpAddr) -> Key;
+}
+
+/// The in-flight places a request holds; given back when dropped. Holds
+/// its `S` alive, so the request's layers can borrow it from here.
+pub struct Places<S: Shares> {
+    shares: Arc<S>,
+    global: Cell<bool>,
+    client: Cell<Option<ClientSlots>>,
+}
+
+impl<S: Shares> std::fmt::Debug for Places<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Places")
+            .field("global", &self.global.get())
+            .field("client", &self.client.get().is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: Shares> Places<S> {
+    /// No places yet, counted against `shares`.
+    pub fn new(shares: Arc<S>) -> Self {
+        Self {
+            shares,
+            global: Cell::new(false),
+            client: Cell::new(None),
+        }
+    }
+
+    /// What the places are counted against.
+    pub fn shares(&self) -> &S {
+        &self.shares
+    }
+
+    /// A place under `limits.max_requests_in_flight`.
+    pub fn take_global(&self) -> bool {
+        let taken = self.shares.global().try_take();
+        self.global.set(taken);
+        taken
+    }
+
+    /// A place under the share of the client at `ip` (none is needed for a
+    /// request without a client address).
+    pub fn take_client(&self, ip: Option<IpAddr>) -> bool {
+        let Some(ip) = ip else {
+            return true;
+        };
+        let slots = self.shares.per_client().try_take(self.shares.key(ip));
+        self.client.set(slots);
+        slots.is_some()
+    }
+}
+
+impl<S: Shares> Drop for Places<S> {
+    fn drop(&mut self) {
+        if self.global.get() {
+            self.shares.global().release();
+        }
+        if let Some(slots) = self.client.get() {
+            self.shares.per_client().release(slots);
+        }
+    }
+}
 
 /// Requests allowed in flight at once: one count taken with one atomic
 /// add, no lock and no queue. tokio's semaphore locked its waiter list on

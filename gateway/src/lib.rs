@@ -24,6 +24,7 @@ pub mod generation;
 pub mod health;
 pub mod in_flight;
 pub mod ip_text;
+pub mod layers;
 pub mod log_limit;
 pub mod memory;
 pub mod metrics;

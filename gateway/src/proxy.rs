@@ -9,7 +9,7 @@
 //! bounded by `max_tries`, and nothing is retried once the response head has
 //! been handed on, so no client ever sees bytes from two attempts.
 
-use crate::balancer::Endpoint;
+use crate::balancer::{Endpoint, Upstream};
 use crate::body_watch::BodyWatch;
 use crate::errors::GatewayError;
 use crate::ip_text::IpText;
@@ -263,6 +263,36 @@ struct Outgoing {
     watch: Option<BodyWatch>,
 }
 
+/// What the failed tries of one request leave behind.
+#[derive(Default)]
+struct Tries {
+    /// Replicas that failed this request (filled only when retrying).
+    failed: Vec<SocketAddr>,
+    /// The last failure and the replica it came from.
+    last: Option<(Failure, SocketAddr)>,
+}
+
+impl Tries {
+    /// A replica of `upstream` for the next try, one this request has not
+    /// failed on yet.
+    fn pick(&self, upstream: &Upstream) -> Option<Arc<Endpoint>> {
+        upstream.pick(&self.failed)
+    }
+}
+
+/// Why `failure` may be retried on another replica (its metrics label), or
+/// `None`: always when nothing was sent, after sending only if `replayable`.
+fn retry_reason(failure: &Failure, replayable: bool) -> Option<&'static str> {
+    match failure {
+        Failure::Connect(_) => Some("connect"),
+        Failure::Busy => Some("busy"),
+        Failure::Reset(_) if replayable => Some("reset"),
+        Failure::Timeout if replayable => Some("timeout"),
+        Failure::Status(_) if replayable => Some("status"),
+        _ => None,
+    }
+}
+
 impl Proxy {
     /// Forwards `req` to its route's upstream. When the response comes from
     /// a replica, `answered_by` names it (for the access log); an error
@@ -273,60 +303,65 @@ impl Proxy {
         answered_by: &mut Option<SocketAddr>,
     ) -> Result<Response<Body>, GatewayError> {
         let route = self.routes.find(req.uri().path()).ok_or(GatewayError::NoRoute)?;
-        let settings = &route.upstream.upstream.settings;
+        let upstream = &route.upstream.upstream;
         let (mut outgoing, body) = self.rewrite(req)?;
         if !http_body::Body::is_end_stream(&body) {
             let (parts, watch) = (&outgoing.parts, outgoing.watch.as_ref());
-            outgoing.replay = prepare_body(parts, body, settings.retry_buffer.as_u64(), watch).await?;
+            outgoing.replay = prepare_body(parts, body, upstream.settings.retry_buffer.as_u64(), watch).await?;
         }
-        let idempotent = is_idempotent(&outgoing.parts.method);
-        let upstream = &route.upstream.upstream;
-        // Replicas that failed this request (filled only when retrying).
-        let mut tried: Vec<SocketAddr> = Vec::new();
-        // The last failure and the replica it came from.
-        let mut last: Option<(Failure, SocketAddr)> = None;
-        for attempt in 0..settings.max_tries {
-            let Some(endpoint) = upstream.pick(&tried) else { break };
-            let Some(attempt_req) = outgoing.attempt(&endpoint, attempt + 1 == settings.max_tries) else {
+        let mut tries = Tries::default();
+        for attempt in 0..upstream.settings.max_tries {
+            let Some(endpoint) = tries.pick(upstream) else { break };
+            let last_try = attempt + 1 == upstream.settings.max_tries;
+            let Some(req) = outgoing.attempt(&endpoint, last_try) else {
                 break;
             };
             let addr = endpoint.addr;
             // Not boxed: inside `forward`'s own boxed future, boxing it again
             // cost an allocation and a copy (0.6% of a request's instructions).
-            let failure = match self
-                .try_once(route, endpoint, attempt_req, outgoing.watch.as_ref())
-                .await
-            {
+            match self.try_once(route, endpoint, req, outgoing.watch.as_ref()).await {
                 Ok(response) => {
                     *answered_by = Some(addr);
                     return Ok(response);
                 }
-                Err(failure) => failure,
-            };
-            let replayable = idempotent && outgoing.replay.replayable_after_send();
-            let retry_reason = match &failure {
-                Failure::Connect(_) => Some("connect"),
-                Failure::Busy => Some("busy"),
-                Failure::Reset(_) if replayable => Some("reset"),
-                Failure::Timeout if replayable => Some("timeout"),
-                Failure::Status(_) if replayable => Some("status"),
-                _ => None,
-            };
-            let Some(reason) = retry_reason else {
-                last = Some((failure, addr));
-                break;
-            };
-            tried.push(addr);
-            if attempt + 1 < settings.max_tries {
-                self.metrics.retry(&upstream.name, reason);
-                static RETRIES: Throttle = Throttle::new();
-                if RETRIES.allow() {
-                    tracing::warn!(upstream = %upstream.name, endpoint = %addr, reason, "retrying on another replica (at most one line a second)");
+                Err(failure) => {
+                    let replayable = outgoing.replayable_after_send();
+                    if !self.set_aside(route, &mut tries, failure, addr, replayable, !last_try) {
+                        break;
+                    }
                 }
             }
-            last = Some((failure, addr));
         }
-        self.final_answer(route, last, outgoing.watch.as_ref(), answered_by)
+        self.final_answer(route, tries.last, outgoing.watch.as_ref(), answered_by)
+    }
+
+    /// Files a failed try in `tries`. True when the request may go on to
+    /// another replica; the retry is then counted and logged if `another`
+    /// try is allowed.
+    fn set_aside(
+        &self,
+        route: &Route,
+        tries: &mut Tries,
+        failure: Failure,
+        addr: SocketAddr,
+        replayable: bool,
+        another: bool,
+    ) -> bool {
+        let Some(reason) = retry_reason(&failure, replayable) else {
+            tries.last = Some((failure, addr));
+            return false;
+        };
+        tries.failed.push(addr);
+        if another {
+            let upstream = &route.upstream.upstream;
+            self.metrics.retry(&upstream.name, reason);
+            static RETRIES: Throttle = Throttle::new();
+            if RETRIES.allow() {
+                tracing::warn!(upstream = %upstream.name, endpoint = %addr, reason, "retrying on another replica (at most one line a second)");
+            }
+        }
+        tries.last = Some((failure, addr));
+        true
     }
 
     /// The request rewritten for the upstream (hop-by-hop headers removed,
@@ -463,6 +498,12 @@ impl Proxy {
 }
 
 impl Outgoing {
+    /// Whether a try that already sent this request may be repeated: an
+    /// idempotent method, and a body that can be sent again.
+    fn replayable_after_send(&self) -> bool {
+        is_idempotent(&self.parts.method) && self.replay.replayable_after_send()
+    }
+
     /// The request for one try at `endpoint`, or `None` when the body can
     /// no longer be sent. The last possible try takes the headers; earlier
     /// ones copy them.
@@ -611,6 +652,30 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn a_failure_after_sending_is_retried_only_when_the_request_can_be_replayed() {
+        let after_sending = || {
+            [
+                Failure::Reset("reset".into()),
+                Failure::Timeout,
+                Failure::Status(Response::new(Body::empty())),
+            ]
+        };
+        for failure in after_sending() {
+            assert_eq!(retry_reason(&failure, false), None);
+        }
+        let reasons: Vec<_> = after_sending().iter().map(|f| retry_reason(f, true)).collect();
+        assert_eq!(reasons, [Some("reset"), Some("timeout"), Some("status")]);
+        for replayable in [false, true] {
+            assert_eq!(
+                retry_reason(&Failure::Connect("refused".into()), replayable),
+                Some("connect")
+            );
+            assert_eq!(retry_reason(&Failure::Busy, replayable), Some("busy"));
+            assert_eq!(retry_reason(&Failure::Client, replayable), None);
+        }
     }
 
     #[test]

@@ -22,6 +22,7 @@ const ORDER: &[&str] = &[
     "connection",
     "stack",
     // The layers, in the order the stack applies them.
+    "layers",
     "access_log",
     "request_check",
     "client_body",
