@@ -39,6 +39,7 @@ contract!(
     search_finds_every_match,
     search_pages_by_name_then_index_and_counts_every_match,
     ping_answers,
+    numbers_come_back_exactly_as_sent,
 );
 
 fn config(name: &str, data: serde_json::Value) -> Config {
@@ -57,6 +58,47 @@ async fn insert_then_get_returns_the_same_config(store: &dyn Store) {
     store.insert(&c).await.expect("insert");
     assert_eq!(store.get(&name("a")).await.expect("get"), Some(c));
     assert_eq!(store.get(&name("b")).await.expect("get"), None);
+}
+
+/// Full-precision numbers, as a client's JSON text carries them, come back
+/// bit for bit, and a compare-and-swap against what was read matches (a
+/// parse that rounded some 17-digit numbers made PATCH on them a 409).
+async fn numbers_come_back_exactly_as_sent(store: &dyn Store) {
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    let numbers: Vec<f64> = std::iter::from_fn(|| {
+        state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        Some(f64::from_bits(state >> 2)) // positive, below 2^1022 by exponent
+    })
+    .filter(|f| f.is_finite())
+    .take(300)
+    .collect();
+    let text = format!(
+        r#"{{"name":"floats","data":[{}]}}"#,
+        numbers
+            .iter()
+            .map(|f| format!(r#"{{"v":{f:?}}}"#))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let sent: Config = serde_json::from_str(&text).expect("valid config");
+    // The numbers of `c` that differ from those sent, as (sent, got).
+    let changed = |c: &Config| -> Vec<(f64, f64)> {
+        let value = serde_json::to_value(c).expect("value");
+        let got = value["data"]
+            .as_array()
+            .expect("data")
+            .iter()
+            .map(|e| e["v"].as_f64().expect("number"));
+        numbers.iter().copied().zip(got).filter(|(a, b)| a != b).collect()
+    };
+    assert_eq!(changed(&sent), [], "parsed as sent");
+    store.insert(&sent).await.expect("insert");
+    let stored = store.get(&name("floats")).await.expect("get").expect("there");
+    assert_eq!(changed(&stored), [], "stored as sent");
+    let next = config("floats", json!([{ "v": 1 }]));
+    assert_eq!(store.replace(&next, Some(&stored)).await.expect("cas"), Replaced::Done);
 }
 
 async fn a_duplicate_insert_is_a_conflict(store: &dyn Store) {
