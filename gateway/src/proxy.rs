@@ -270,6 +270,9 @@ struct Tries {
     failed: Vec<SocketAddr>,
     /// The last failure and the replica it came from.
     last: Option<(Failure, SocketAddr)>,
+    /// Why the last failure may be retried (its metrics label); counted
+    /// only once another replica has been picked for the retry.
+    retry: Option<&'static str>,
 }
 
 impl Tries {
@@ -278,6 +281,17 @@ impl Tries {
     fn pick(&self, upstream: &Upstream) -> Option<Arc<Endpoint>> {
         upstream.pick(&self.failed)
     }
+}
+
+/// Files a failed try in `tries`: true when the request may go on to
+/// another replica (which is then kept from picking `addr` again).
+fn set_aside(tries: &mut Tries, failure: Failure, addr: SocketAddr, replayable: bool) -> bool {
+    tries.retry = retry_reason(&failure, replayable);
+    if tries.retry.is_some() {
+        tries.failed.push(addr);
+    }
+    tries.last = Some((failure, addr));
+    tries.retry.is_some()
 }
 
 /// Why `failure` may be retried on another replica (its metrics label), or
@@ -316,6 +330,9 @@ impl Proxy {
             let Some(req) = outgoing.attempt(&endpoint, last_try) else {
                 break;
             };
+            if let (Some(reason), Some((_, failed))) = (tries.retry.take(), &tries.last) {
+                self.count_retry(upstream, reason, *failed);
+            }
             let addr = endpoint.addr;
             // Not boxed: inside `forward`'s own boxed future, boxing it again
             // cost an allocation and a copy (0.6% of a request's instructions).
@@ -326,7 +343,7 @@ impl Proxy {
                 }
                 Err(failure) => {
                     let replayable = outgoing.replayable_after_send();
-                    if !self.set_aside(route, &mut tries, failure, addr, replayable, !last_try) {
+                    if !set_aside(&mut tries, failure, addr, replayable) {
                         break;
                     }
                 }
@@ -335,33 +352,14 @@ impl Proxy {
         self.final_answer(route, tries.last, outgoing.watch.as_ref(), answered_by)
     }
 
-    /// Files a failed try in `tries`. True when the request may go on to
-    /// another replica; the retry is then counted and logged if `another`
-    /// try is allowed.
-    fn set_aside(
-        &self,
-        route: &Route,
-        tries: &mut Tries,
-        failure: Failure,
-        addr: SocketAddr,
-        replayable: bool,
-        another: bool,
-    ) -> bool {
-        let Some(reason) = retry_reason(&failure, replayable) else {
-            tries.last = Some((failure, addr));
-            return false;
-        };
-        tries.failed.push(addr);
-        if another {
-            let upstream = &route.upstream.upstream;
-            self.metrics.retry(&upstream.name, reason);
-            static RETRIES: Throttle = Throttle::new();
-            if RETRIES.allow() {
-                tracing::warn!(upstream = %upstream.name, endpoint = %addr, reason, "retrying on another replica (at most one line a second)");
-            }
+    /// Counts and logs a retry that is about to happen (another replica
+    /// was picked) because `failed` failed.
+    fn count_retry(&self, upstream: &Upstream, reason: &'static str, failed: SocketAddr) {
+        self.metrics.retry(&upstream.name, reason);
+        static RETRIES: Throttle = Throttle::new();
+        if RETRIES.allow() {
+            tracing::warn!(upstream = %upstream.name, endpoint = %failed, reason, "retrying on another replica (at most one line a second)");
         }
-        tries.last = Some((failure, addr));
-        true
     }
 
     /// The request rewritten for the upstream (hop-by-hop headers removed,

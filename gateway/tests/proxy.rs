@@ -116,6 +116,20 @@ async fn least_requests_steers_away_from_a_busy_replica() {
 }
 
 #[tokio::test]
+async fn a_retry_is_counted_only_when_another_replica_is_tried() {
+    let mut rs = replicas(1).await;
+    let gw = gateway_for(&addrs(&rs), "max_tries = 3", "").await;
+    rs[0].kill().await;
+    let response = gw.client().get(gw.url("/whoami")).send().await.expect("sent");
+    assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+    let retries = metric(
+        &gw.metrics().await,
+        "gateway_upstream_retries_total{upstream=\"app\",reason=\"connect\"}",
+    );
+    assert_eq!(retries, 0.0, "there was no other replica to retry on");
+}
+
+#[tokio::test]
 async fn a_killed_replica_is_ejected_while_gets_keep_succeeding_and_it_recovers() {
     let mut rs = replicas(3).await;
     // Passive health only: the failed connections themselves eject it.
