@@ -199,6 +199,14 @@ async fn search_finds_every_match(store: &dyn Store) {
     assert_eq!(run("data.z=null").await, ["n3"]);
     assert_eq!(run("name=n1").await, ["n1", "n1"]);
     assert!(run("name=n4&data.id=1412").await.is_empty());
+    // Keys with characters SQLite's JSON paths treat specially.
+    store
+        .insert(&config("n5", json!([{ "a\\b": "v", "q\"k": "w", "u\\u0041": 1 }])))
+        .await
+        .expect("insert");
+    assert_eq!(run("data.a%5Cb=v").await, ["n5"]);
+    assert_eq!(run("data.q%22k=w").await, ["n5"]);
+    assert_eq!(run("data.u%5Cu0041=1").await, ["n5"]);
 }
 
 async fn search_pages_by_name_then_index_and_counts_every_match(store: &dyn Store) {

@@ -266,12 +266,14 @@ fn candidate_sql(query: &SearchQuery) -> (String, Vec<rusqlite::types::Value>) {
     }
     if !query.conditions.is_empty() {
         sql.push_str(" AND EXISTS (SELECT 1 FROM json_each(c.data) e WHERE 1");
-        // A key holding `"` cannot be written as an SQLite JSON path label;
-        // such conditions are left to `SearchQuery::results` alone.
+        // A key holding `"` cannot be written as an SQLite JSON path label,
+        // and SQLite reads a `\` in one as a JSON escape (`a\b` would name
+        // another key): such conditions do not narrow the candidates here;
+        // the page collector, which checks every condition, matches them.
         for cond in query
             .conditions
             .iter()
-            .filter(|c| c.path.iter().all(|s| !s.contains('"')))
+            .filter(|c| c.path.iter().all(|s| !s.contains(['"', '\\'])))
         {
             let path = cond.path.iter().map(|seg| format!(".\"{seg}\"")).collect::<String>();
             args.push(Sql::Text(format!("${path}")));
