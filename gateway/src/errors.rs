@@ -105,8 +105,8 @@ impl GatewayError {
         }
     }
 
-    /// The label a refusal is counted under
-    /// (`gateway_refused_requests_total{reason}`).
+    /// The label an error answer is counted under
+    /// (`gateway_request_errors_total{origin,reason}`).
     pub fn reason(&self) -> &'static str {
         match self {
             Self::BadRequest(_) => "bad_request",

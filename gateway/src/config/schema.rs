@@ -104,7 +104,8 @@ pub struct PolicySettings {
     #[serde(default)]
     pub burst: u32,
     /// `true`: requests within the burst pass at once; `false` (nginx's
-    /// default, and ours): they are delayed to leave at the rate.
+    /// default, and a policy's when unset; the shipped `per_ip` sets
+    /// `true`): they are delayed to leave at the rate.
     #[serde(default)]
     pub nodelay: bool,
     /// Status of a refusal (default 429).
@@ -312,7 +313,9 @@ pub struct UpstreamSettings {
     /// Time to open a connection to a replica.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
-    /// Time from sending a request to the response head.
+    /// Time to the response head, counted from the replica's having the
+    /// whole request (while a streamed body is still going, only time the
+    /// replica leaves bytes untaken counts: see `body_watch`).
     #[serde(with = "humantime_serde")]
     pub response_timeout: Duration,
     /// Tries per request, the first included (nginx `proxy_next_upstream_tries`).
@@ -338,7 +341,8 @@ pub struct UpstreamSettings {
     /// Longest wait in that queue; then 503.
     #[serde(with = "humantime_serde")]
     pub queue_timeout: Duration,
-    /// Request bodies declared at most this long are read in full before a
+    /// Request bodies of at most this many bytes (announced by
+    /// `Content-Length` or not) are read in full before a
     /// replica is contacted (a slow client then holds no upstream
     /// connection), and idempotent ones can be retried after a
     /// 502/503/timeout; larger ones stream and are retried only when the
