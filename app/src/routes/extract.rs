@@ -7,6 +7,7 @@ use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::{StatusCode, header, request::Parts};
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 /// Proof that the request may write: the bearer token matched (compared in
@@ -30,10 +31,22 @@ impl FromRequestParts<AppState> for Authorized {
             .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
             .map(|(_, token)| token.trim());
         match presented {
-            Some(token) if bool::from(token.as_bytes().ct_eq(expected.expose().as_bytes())) => Ok(Self),
+            Some(token) if same_token(token, expected.expose()) => Ok(Self),
             _ => Err(ApiError::Unauthorized),
         }
     }
+}
+
+/// Whether `presented` is `expected`, in time that depends on neither
+/// their contents nor the expected token's length: their SHA-256 digests
+/// (always 32 bytes) are compared in constant time (comparing the tokens
+/// themselves ended early on a length mismatch, telling the length).
+fn same_token(presented: &str, expected: &str) -> bool {
+    let (a, b) = (
+        Sha256::digest(presented.as_bytes()),
+        Sha256::digest(expected.as_bytes()),
+    );
+    bool::from(a.as_slice().ct_eq(b.as_slice()))
 }
 
 /// The `{name}` path segment as a [`ConfigName`]; a name that cannot exist
@@ -103,6 +116,14 @@ fn is_json(content_type: Option<&header::HeaderValue>) -> bool {
 mod tests {
     use super::*;
     use axum::http::HeaderValue;
+
+    #[test]
+    fn only_the_same_token_matches_whatever_its_length() {
+        assert!(same_token("s3cret-token", "s3cret-token"));
+        for other in ["", "s3cret", "s3cret-tokeN", "s3cret-token-longer", "s3cret-token "] {
+            assert!(!same_token(other, "s3cret-token"), "{other:?}");
+        }
+    }
 
     #[test]
     fn json_media_types_are_recognised() {
