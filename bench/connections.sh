@@ -5,7 +5,9 @@
 #   memory per idle keep-alive connection: COUNT connections, each from
 #     its own loopback address, one GET /healthz each, then idle
 #     (bench/idle_conns.py); the RSS the proxy grew by, divided by COUNT:
-#     HTTP/1.1 in the clear, HTTP/1.1 over TLS, HTTP/2 over TLS;
+#     HTTP/1.1 in the clear, HTTP/1.1 over TLS, HTTP/2 over TLS, and
+#     HTTP/1.1 after a 1 MiB request ("big", taken 6 s after, once the
+#     upstream connections that carried the bodies have left the pool);
 #   new TLS connections per second, one request each, the client resuming
 #     its sessions (wrk -t1 -c32 -H 'Connection: close' over https);
 #   full TLS handshakes per second (openssl s_time -new).
