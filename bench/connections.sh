@@ -61,15 +61,6 @@ stop_proxies() {
   while [ -f "$WORK/nginx.pid" ] && kill -0 "$(cat "$WORK/nginx.pid" 2>/dev/null)" 2>/dev/null; do sleep 0.2; done
 }
 
-rss_kb() { # PID... -> their VmRSS, summed
-  local pid total=0 kb
-  for pid in "$@"; do
-    kb=$(awk '/^VmRSS/ { print $2 }' "/proc/$pid/status")
-    total=$((total + kb))
-  done
-  echo "$total"
-}
-
 # idle_cost MODE PORT PIDS... -> bytes per idle connection (BODY, when
 # set, is the size of the one request each connection made; COUNT their
 # number)

@@ -179,6 +179,15 @@ full_rate() {
   openssl s_time -connect "127.0.0.1:$1" -new -time "$2" 2>/dev/null | awk '/connections in .* real seconds/ { printf "%.0f\n", $1 / $4 }'
 }
 
+rss_kb() { # PID... -> their VmRSS in kB, summed
+  local pid total=0 kb
+  for pid in "$@"; do
+    kb=$(awk '/^VmRSS/ { print $2 }' "/proc/$pid/status")
+    total=$((total + kb))
+  done
+  echo "$total"
+}
+
 ratio() { # A B -> "A/Bx"
   awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2fx", a / b; else print "n/a" }'
 }

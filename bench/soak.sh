@@ -58,7 +58,6 @@ request = urllib.request.Request(f"http://127.0.0.1:{sys.argv[1]}/configs", body
 urllib.request.urlopen(request).read()
 PY
 
-rss_kb() { awk '/VmRSS/ { print $2 }' "/proc/$GW_PID/status"; }
 
 quiet_p99=(); attacked_p99=(); quiet_ok=(); attacked_ok=()
 for round in $(seq 1 "$ROUNDS"); do
@@ -71,7 +70,7 @@ for round in $(seq 1 "$ROUNDS"); do
       sleep 1 # the attacks are under way before the client starts
     fi
     out=$(python3 bench/soak.py --gateway "127.0.0.1:$GW_HTTP" --seconds "$SECONDS_PER_RUN" --role good)
-    echo "round $round $mode: client $out (gateway RSS $(rss_kb) KB)"
+    echo "round $round $mode: client $out (gateway RSS $(rss_kb "$GW_PID") KB)"
     if [ -n "$attacker" ]; then
       wait "$attacker"
       echo "round $round attackers got: $(cat "$WORK/attack-$round.json")"
@@ -91,5 +90,5 @@ printf '  without attackers: success %s, p99 %s ms\n' "$(median "${quiet_ok[@]}"
 printf '  under attack:      success %s, p99 %s ms\n' "$(median "${attacked_ok[@]}")" "$a"
 printf '  p99 ratio (attacked / quiet): %.2f (target <= 2)\n' "$(echo "$a / $q" | bc -l)"
 echo
-echo "gateway after the runs: RSS $(rss_kb) KB"
+echo "gateway after the runs: RSS $(rss_kb "$GW_PID") KB"
 curl -fsS "http://127.0.0.1:$GW_ADMIN/metrics" | grep -E '^gateway_(request_errors_total|connections_refused_total|upstream_healthy)' | sed 's/^/  /'

@@ -7,7 +7,7 @@
 //! a [`Generation`] that the accept loops read; and the background tasks
 //! beside it (health checks, DNS discovery, limiter cleanup), which stop
 //! when the `Active` is dropped. Start-up builds the first one; a reload
-//! (`crate::reload`) builds the next from the one in force and swaps it
+//! builds the next from the one in force and swaps it
 //! in: new connections and requests use it, requests already running
 //! finish on the one they started with.
 
@@ -84,7 +84,7 @@ impl Drop for Active {
 
 /// What start-up fixed for the life of the process: a reload builds on
 /// these running values even when the file now says otherwise (such
-/// changes are reported by `reload::restart_needed`).
+/// changes are reported as needing a restart).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Fixed {
     /// The HTTPS listener's port (written into redirects by default).

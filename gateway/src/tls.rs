@@ -96,7 +96,8 @@ impl Resumption {
     }
 
     /// Whether `self` and `other` share their keys and cache.
-    pub fn is_shared_with(&self, other: &Self) -> bool {
+    #[cfg(test)]
+    fn is_shared_with(&self, other: &Self) -> bool {
         Arc::ptr_eq(&self.ticketer, &other.ticketer)
     }
 }

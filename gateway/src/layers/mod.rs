@@ -1,4 +1,4 @@
-//! The request layers that `crate::stack` orders, one module each. A
+//! The request layers, one module each, that the stack recipes order. A
 //! layer is a pair of plain functions, one on the way in and one on the
 //! way out (or a type whose drop is the way out), not a tower service:
 //! the stack runs them in order around a single await of the proxy, so a

@@ -144,7 +144,7 @@ impl<P: Unpin> http_body::Body for Observed<P> {
 
 /// What the access log and metrics layer needs: each route's series,
 /// longest prefix first, and the series of requests no route takes. Each
-/// stack copy holds handles of its own (see `proxy_stack`).
+/// stack copy holds handles of its own.
 #[derive(Debug)]
 pub struct ObserveState {
     routes: Vec<RouteMetrics>,
