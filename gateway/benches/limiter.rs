@@ -43,7 +43,7 @@ fn key(i: u64) -> Key {
 }
 
 fn filled(n: u64, cap: usize) -> KeyedStore {
-    let store = KeyedStore::new(cap);
+    let store = KeyedStore::new(cap, false);
     let g = Gcra::new(20.0, 20);
     for i in 0..n {
         store.decide(&g, key(i), 0);
@@ -63,7 +63,7 @@ fn report_memory_and_flood() {
     drop(store);
 
     let cap = 100_000;
-    let store = KeyedStore::new(cap);
+    let store = KeyedStore::new(cap, false);
     let g = Gcra::new(20.0, 20);
     let started = Instant::now();
     for i in 0..MILLION {
@@ -89,7 +89,7 @@ fn decisions(c: &mut Criterion) {
             black_box(store.decide(&g, black_box(hot), now))
         })
     });
-    let fresh = KeyedStore::new(50_000_000);
+    let fresh = KeyedStore::new(50_000_000, false);
     let mut next = 10 * MILLION;
     c.bench_function("decision, new key", |b| {
         b.iter(|| {

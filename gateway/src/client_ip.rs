@@ -89,6 +89,15 @@ pub fn canonical(ip: IpAddr) -> IpAddr {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Key(pub u64, pub u64);
 
+impl Key {
+    /// The masked address the key stands for (IPv4 as IPv4): how a key is
+    /// named outside the process (the shared rate-limit store).
+    pub fn address(&self) -> IpAddr {
+        let bits = (u128::from(self.0) << 64) | u128::from(self.1);
+        IpAddr::V6(std::net::Ipv6Addr::from(bits)).to_canonical()
+    }
+}
+
 /// Prefix lengths that group addresses into keys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KeyPrefixes {

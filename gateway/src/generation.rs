@@ -19,6 +19,7 @@ use crate::health;
 use crate::in_flight::{ClientInFlight, InFlightLimit};
 use crate::metrics::Metrics;
 use crate::proxy::{Proxy, Route, Routes, UpstreamClient};
+use crate::rate_limit::cluster::{self, Link};
 use crate::rate_limit::{MonotonicClock, RateLimiter};
 use crate::service::HttpService;
 use crate::stack::{self, StackState};
@@ -72,6 +73,9 @@ pub struct Active {
     pub limiter: Arc<RateLimiter>,
     /// TLS session resumption (kept across reloads, see `tls::Resumption`).
     pub resumption: Option<tls::Resumption>,
+    /// The shared rate-limit store (kept across reloads while
+    /// `[rate_limit.shared]` is unchanged).
+    pub shared: Option<Arc<Link>>,
     /// Stops this generation's background tasks.
     background: CancellationToken,
 }
@@ -105,6 +109,7 @@ pub async fn build(
     let clients = upstream_clients(&config, previous, fixed.workers).await?;
     let (tls, resumption) = tls_acceptor(&config, previous)?;
     let limiter = rate_limiter(&config, previous);
+    let shared = shared_link(&config, previous)?;
     let proxy = Arc::new(Proxy {
         routes: routes(&config, &clients),
         metrics: metrics.clone(),
@@ -128,12 +133,21 @@ pub async fn build(
     });
     let background = CancellationToken::new();
     start_background(&config, &clients, &limiter, metrics, &background);
+    if let Some(link) = &shared {
+        tokio::spawn(cluster::run(
+            link.clone(),
+            limiter.clone(),
+            metrics.clone(),
+            background.clone(),
+        ));
+    }
     Ok(Active {
         config,
         generation,
         clients,
         limiter,
         resumption,
+        shared,
         background,
     })
 }
@@ -217,6 +231,20 @@ fn rate_limiter(config: &GatewayConfig, previous: Option<&Active>) -> Arc<RateLi
         Arc::new(MonotonicClock::default()),
         previous.map(|p| p.limiter.as_ref()),
     ))
+}
+
+/// The link to the shared rate-limit store: `previous`'s while its
+/// settings (and the URL they resolve to) are unchanged, so the node keeps
+/// its identity and connection; `None` when limits are not shared.
+fn shared_link(config: &GatewayConfig, previous: Option<&Active>) -> anyhow::Result<Option<Arc<Link>>> {
+    let Some(settings) = &config.rate_limit.shared else {
+        return Ok(None);
+    };
+    let kept = previous.and_then(|p| p.shared.as_ref()).filter(|l| l.serves(settings));
+    match kept {
+        Some(link) => Ok(Some(link.clone())),
+        None => Link::connect(settings).map(Some).context("rate_limit.shared"),
+    }
 }
 
 /// The proxying stack with this configuration's limits (one copy per

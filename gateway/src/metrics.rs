@@ -51,6 +51,14 @@ pub struct RefusedLabels {
     pub reason: &'static str,
 }
 
+/// A shared rate-limit sync's result.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SyncLabels {
+    /// `ok`, `failed` (Redis refused or unreachable) or `slow` (over
+    /// `sync_timeout`).
+    pub result: &'static str,
+}
+
 /// An answer the gateway made itself instead of a replica's.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
@@ -116,6 +124,15 @@ pub struct Metrics {
     pub rate_limit_decisions: Family<DecisionLabels, Counter>,
     /// Client keys tracked per policy (as of the last cleanup).
     pub rate_limit_keys: Family<PolicyLabels, Gauge>,
+    /// Gateway nodes sharing rate limits, as of the last sync.
+    pub rate_limit_live_nodes: Gauge,
+    /// 1 while shared policies are limited on this node alone (Redis out
+    /// of reach), 0 while shared.
+    pub rate_limit_degraded: Gauge,
+    /// Shared rate-limit syncs by result.
+    pub rate_limit_syncs: Family<SyncLabels, Counter>,
+    /// Client keys published and taken in by syncs.
+    pub rate_limit_synced_keys: Counter,
     /// Configuration reloads by result.
     pub reloads: Family<ReloadLabels, Counter>,
     /// Requests the gateway refused or failed itself, by origin and reason
@@ -145,6 +162,10 @@ impl Default for Metrics {
         let retries = Family::<RetryLabels, Counter>::default();
         let rate_limit_decisions = Family::<DecisionLabels, Counter>::default();
         let rate_limit_keys = Family::<PolicyLabels, Gauge>::default();
+        let rate_limit_live_nodes = Gauge::default();
+        let rate_limit_degraded = Gauge::default();
+        let rate_limit_syncs = Family::<SyncLabels, Counter>::default();
+        let rate_limit_synced_keys = Counter::default();
         let reloads = Family::<ReloadLabels, Counter>::default();
         let request_errors = Family::<ErrorLabels, Counter>::default();
         let memory_resident = Gauge::default();
@@ -183,6 +204,26 @@ impl Default for Metrics {
             "Client keys tracked per policy",
             rate_limit_keys.clone(),
         );
+        registry.register(
+            "rate_limit_live_nodes",
+            "Gateway nodes sharing rate limits, as of the last sync",
+            rate_limit_live_nodes.clone(),
+        );
+        registry.register(
+            "rate_limit_shared_degraded",
+            "1 while shared policies are limited on this node alone, with its share of the quota",
+            rate_limit_degraded.clone(),
+        );
+        registry.register(
+            "rate_limit_syncs",
+            "Shared rate-limit syncs by result",
+            rate_limit_syncs.clone(),
+        );
+        registry.register(
+            "rate_limit_synced_keys",
+            "Client keys published and taken in by shared rate-limit syncs",
+            rate_limit_synced_keys.clone(),
+        );
         registry.register("config_reloads", "Configuration reloads by result", reloads.clone());
         registry.register(
             "request_errors",
@@ -213,6 +254,10 @@ impl Default for Metrics {
             retries,
             rate_limit_decisions,
             rate_limit_keys,
+            rate_limit_live_nodes,
+            rate_limit_degraded,
+            rate_limit_syncs,
+            rate_limit_synced_keys,
             reloads,
             request_errors,
             memory_resident,
@@ -289,6 +334,14 @@ impl Metrics {
                 reason,
             })
             .inc();
+    }
+
+    /// Counts a shared rate-limit sync of `keys` keys.
+    pub fn rate_limit_sync(&self, result: &'static str, keys: usize) {
+        self.rate_limit_syncs.get_or_create(&SyncLabels { result }).inc();
+        if result == "ok" {
+            self.rate_limit_synced_keys.inc_by(keys as u64);
+        }
     }
 
     /// Counts a configuration reload.

@@ -92,6 +92,14 @@ impl Reloader {
         self.active.lock().await.config.server.shutdown_grace
     }
 
+    /// Leaves the shared rate-limit membership, if any (at shutdown).
+    pub async fn leave_shared(&self) {
+        let link = self.active.lock().await.shared.clone();
+        if let Some(link) = link {
+            let _ = tokio::time::timeout(Duration::from_secs(1), link.leave()).await;
+        }
+    }
+
     /// Files whose change triggers a reload: the configuration and its certificate and key.
     pub async fn watched_files(&self) -> Vec<PathBuf> {
         let active = self.active.lock().await;

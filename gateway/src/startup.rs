@@ -161,6 +161,7 @@ impl Gateway {
         workers.stopped_accepting().await;
         let outcome = shared::shutdown::drain(&tracker, grace).await;
         workers.finish().await;
+        reloader.leave_shared().await;
         background.cancel();
         let _ = admin_server.await;
         tracing::info!(?outcome, "gateway stopped");

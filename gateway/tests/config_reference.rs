@@ -7,11 +7,23 @@ mod common;
 use gateway::config::GatewayConfig;
 use std::collections::BTreeSet;
 
-/// Keys of the configuration types, found by serializing a configuration
-/// in which every optional part is present.
+/// Keys of the configuration types, found by serializing configurations
+/// in which every optional part is present (the Redis URL given either
+/// way).
 fn keys_of_the_types() -> BTreeSet<String> {
     let dir = tempfile::tempdir().expect("dir");
-    common::dev_cert(dir.path());
+    let url_file = dir.path().join("redis_url");
+    std::fs::write(&url_file, "redis://127.0.0.1:6379\n").expect("write");
+    let mut keys = keys_of(dir.path(), "redis_url = \"redis://127.0.0.1:6379\"");
+    keys.extend(keys_of(
+        dir.path(),
+        &format!("redis_url_file = \"{}\"", url_file.display()),
+    ));
+    keys
+}
+
+fn keys_of(dir: &std::path::Path, redis: &str) -> BTreeSet<String> {
+    common::dev_cert(dir);
     let text = format!(
         r#"
 [server]
@@ -27,15 +39,20 @@ health = {{ path = "/healthz" }}
 [[routes]]
 path_prefix = "/"
 upstream = "app"
+[rate_limits.per_ip]
+rate = "20r/s"
+shared = true
 [[rate_limit.rules]]
 path_prefix = "/"
 methods = ["GET"]
 policy = "per_ip"
+[rate_limit.shared]
+{redis}
 "#,
-        cert = dir.path().join("cert.pem").display(),
-        key = dir.path().join("key.pem").display(),
+        cert = dir.join("cert.pem").display(),
+        key = dir.join("key.pem").display(),
     );
-    let path = dir.path().join("full.toml");
+    let path = dir.join("full.toml");
     std::fs::write(&path, text).expect("write");
     let config = GatewayConfig::load(&path).expect("valid");
     let value = toml::Value::try_from(&config).expect("serializes");

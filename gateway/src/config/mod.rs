@@ -18,7 +18,7 @@ mod validate;
 pub use rate::{Rate, RateUnit};
 pub use schema::{
     Balance, ClientIpSettings, GatewayConfig, HealthSettings, HttpMode, Limits, LogSettings, PolicySettings,
-    RateLimitSettings, RouteSettings, RuleSettings, ServerSettings, TlsSettings, UpstreamSettings,
+    RateLimitSettings, RouteSettings, RuleSettings, ServerSettings, SharedSettings, TlsSettings, UpstreamSettings,
 };
 
 use std::path::Path;

@@ -63,6 +63,7 @@ fn default_policies() -> BTreeMap<String, PolicySettings> {
         nodelay: true,
         status: 429,
         dry_run: false,
+        shared: None,
     };
     BTreeMap::from([("per_ip".to_string(), per_ip)])
 }
@@ -114,6 +115,10 @@ pub struct PolicySettings {
     /// Count and log would-be refusals and delays without applying them.
     #[serde(default)]
     pub dry_run: bool,
+    /// Share this policy's state with the other gateway nodes through
+    /// `[rate_limit.shared]`; unset: shared when that section is given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared: Option<bool>,
 }
 
 fn default_reject_status() -> u16 {
@@ -136,6 +141,54 @@ pub struct RateLimitSettings {
     /// Which requests each policy limits; omitted with exactly one policy:
     /// every request, by that policy.
     pub rules: Vec<RuleSettings>,
+    /// One limit across every gateway node, through Redis (none: each node
+    /// limits on its own).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shared: Option<SharedSettings>,
+}
+
+/// `[rate_limit.shared]`: the policies' state shared by every gateway
+/// node through one Redis. Decisions never wait for Redis: each node
+/// decides on its own state and, every `sync_interval`, publishes what its
+/// active keys consumed and takes in what the others did.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SharedSettings {
+    /// `redis://[:password@]host:port/db`; or give `redis_url_file`.
+    pub redis_url: Option<String>,
+    /// A file holding the URL (a Docker secret such as
+    /// `/run/secrets/gateway_redis_url`); read at start-up and reload.
+    pub redis_url_file: Option<PathBuf>,
+    /// Namespace of the keys in Redis; nodes with the same prefix (and
+    /// Redis) share their limits.
+    pub key_prefix: String,
+    /// How often a node publishes and takes in consumption.
+    #[serde(with = "humantime_serde")]
+    pub sync_interval: Duration,
+    /// A sync's budget: slower, or failed, and the node limits on its own
+    /// with the quota divided by the live nodes until one succeeds.
+    #[serde(with = "humantime_serde")]
+    pub sync_timeout: Duration,
+    /// A node not heard from for this long is no longer counted live.
+    #[serde(with = "humantime_serde")]
+    pub node_ttl: Duration,
+    /// Live nodes assumed before Redis has ever answered (a node started
+    /// while Redis is down divides its quota by this).
+    pub assumed_nodes: u32,
+}
+
+impl Default for SharedSettings {
+    fn default() -> Self {
+        Self {
+            redis_url: None,
+            redis_url_file: None,
+            key_prefix: "gateway:ratelimit".into(),
+            sync_interval: Duration::from_millis(100),
+            sync_timeout: Duration::from_millis(250),
+            node_ttl: Duration::from_secs(2),
+            assumed_nodes: 1,
+        }
+    }
 }
 
 impl Default for RateLimitSettings {
@@ -146,6 +199,7 @@ impl Default for RateLimitSettings {
             cleanup_interval: Duration::from_secs(10),
             headers: true,
             rules: Vec::new(),
+            shared: None,
         }
     }
 }

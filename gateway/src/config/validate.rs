@@ -1,7 +1,7 @@
 //! The rules a parsed configuration must also keep: [`Validate`] collects
 //! every broken rule as a [`Problem`] named by its dotted key, never only the first.
 
-use super::{GatewayConfig, HttpMode, TlsSettings, UpstreamSettings};
+use super::{GatewayConfig, HttpMode, SharedSettings, TlsSettings, UpstreamSettings};
 use shared::{Problem, Validate};
 use std::time::Duration;
 
@@ -122,6 +122,15 @@ fn validate_rate_limits(c: &GatewayConfig, p: &mut Vec<Problem>) {
                 "must be a 4xx or 5xx status",
             ));
         }
+        if policy.shared == Some(true) && c.rate_limit.shared.is_none() {
+            p.push(Problem::new(
+                format!("rate_limits.{name}.shared"),
+                "needs [rate_limit.shared] (the Redis the nodes share)",
+            ));
+        }
+    }
+    if let Some(shared) = &c.rate_limit.shared {
+        validate_shared(shared, p);
     }
     let rl = &c.rate_limit;
     if rl.max_keys == 0 {
@@ -212,6 +221,50 @@ fn validate_upstream(name: &str, u: &UpstreamSettings, p: &mut Vec<Problem>) {
 /// Loads the certificate and key exactly as start-up does, so a file that
 /// is garbage, or a key that does not match its certificate, fails
 /// validation (and `--check-config`) instead of start-up.
+fn validate_shared(s: &SharedSettings, p: &mut Vec<Problem>) {
+    let key = |k: &str| format!("rate_limit.shared.{k}");
+    if let Err(e) = s.resolve_url() {
+        p.push(Problem::new(key("redis_url"), e));
+    }
+    if s.key_prefix.is_empty() {
+        p.push(Problem::new(key("key_prefix"), "must not be empty"));
+    }
+    if !(Duration::from_millis(10)..=Duration::from_secs(10)).contains(&s.sync_interval) {
+        p.push(Problem::new(key("sync_interval"), "must be 10ms to 10s"));
+    }
+    positive(p, &key("sync_timeout"), s.sync_timeout);
+    if s.node_ttl < s.sync_interval * 2 {
+        p.push(Problem::new(
+            key("node_ttl"),
+            "must be at least twice sync_interval (a node heartbeats at each sync)",
+        ));
+    }
+    if s.assumed_nodes == 0 {
+        p.push(Problem::new(key("assumed_nodes"), "must be at least 1"));
+    }
+}
+
+impl SharedSettings {
+    /// The Redis URL, read from `redis_url_file` when that is given;
+    /// checked to be one the client accepts.
+    pub fn resolve_url(&self) -> Result<String, String> {
+        let url = match (&self.redis_url, &self.redis_url_file) {
+            (Some(url), None) => url.clone(),
+            (None, Some(path)) => {
+                shared::config::read_secret_file(path).map_err(|e| format!("redis_url_file {}: {e}", path.display()))?
+            }
+            (Some(_), Some(_)) => return Err("give redis_url or redis_url_file, not both".into()),
+            (None, None) => return Err("give redis_url or redis_url_file".into()),
+        };
+        // The client's own parser, so that what passes here connects; its
+        // message never repeats the URL (it may hold a password).
+        fred::types::config::Config::from_url(url.trim())
+            .map(drop)
+            .map_err(|e| format!("not a Redis URL: {}", e.details()))?;
+        Ok(url.trim().to_string())
+    }
+}
+
 fn validate_tls(tls: &TlsSettings, p: &mut Vec<Problem>) {
     let mut readable = true;
     for (key, path) in [("tls.cert", &tls.cert), ("tls.key", &tls.key)] {

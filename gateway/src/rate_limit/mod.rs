@@ -9,6 +9,7 @@
 //! `X-Forwarded-For`, and governor's keyed store has no cap and no delay
 //! mode; the algorithm is the same GCRA, implemented here in a few lines.
 
+pub mod cluster;
 pub mod gcra;
 pub mod store;
 
@@ -22,6 +23,7 @@ use ipnet::IpNet;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 /// One named policy and its state.
@@ -35,19 +37,50 @@ pub struct Policy {
     pub gcra: Gcra,
     /// Per-key state.
     pub store: KeyedStore,
+    /// Whether the state is shared with the other gateway nodes.
+    pub shared: bool,
+    /// The share of the quota this node applies on its own: 1 while the
+    /// state is shared (or not shared at all), the live nodes when the
+    /// shared store is out of reach (set by `cluster::run`).
+    divisor: AtomicU32,
     policy_field: HeaderValue,
 }
 
 impl Policy {
-    fn new(name: &str, settings: PolicySettings, max_keys: usize) -> Self {
+    fn new(name: &str, settings: PolicySettings, max_keys: usize, shared: bool) -> Self {
         let gcra = Gcra::new(settings.rate.per_second(), settings.burst);
         let field = format!("\"{name}\";q={};w={}", settings.rate.count, settings.rate.window_secs());
         Self {
             name: Arc::from(name),
             gcra,
-            store: KeyedStore::new(max_keys),
+            store: KeyedStore::new(max_keys, shared),
+            shared,
+            divisor: AtomicU32::new(1),
             policy_field: HeaderValue::from_str(&field).unwrap_or_else(|_| HeaderValue::from_static("\"policy\"")),
             settings,
+        }
+    }
+
+    /// Applies `1/divisor` of the quota from now on (at least 1).
+    pub fn set_divisor(&self, divisor: u32) {
+        self.divisor.store(divisor.max(1), Ordering::Relaxed);
+    }
+
+    /// The share of the quota in force (1: all of it).
+    pub fn divisor(&self) -> u32 {
+        self.divisor.load(Ordering::Relaxed)
+    }
+
+    /// The GCRA parameters in force: the policy's, or with the rate divided
+    /// by the divisor (the burst then divides with it: the tolerance, a
+    /// time, stays the same while each request costs `divisor` times more).
+    fn gcra_now(&self) -> Gcra {
+        match self.divisor() {
+            0 | 1 => self.gcra,
+            d => Gcra {
+                interval: self.gcra.interval.saturating_mul(u64::from(d)),
+                tolerance: self.gcra.tolerance,
+            },
         }
     }
 }
@@ -159,11 +192,12 @@ impl RateLimiter {
         let policies: BTreeMap<String, Arc<Policy>> = policies
             .iter()
             .map(|(name, s)| {
+                let shared = s.shared.unwrap_or(settings.shared.is_some());
                 let kept = previous
                     .and_then(|p| p.policies.get(name))
-                    .filter(|p| p.settings == *s && p.store_cap_matches(settings.max_keys))
+                    .filter(|p| p.settings == *s && p.shared == shared && p.store_cap_matches(settings.max_keys))
                     .cloned();
-                let policy = kept.unwrap_or_else(|| Arc::new(Policy::new(name, s.clone(), settings.max_keys)));
+                let policy = kept.unwrap_or_else(|| Arc::new(Policy::new(name, s.clone(), settings.max_keys, shared)));
                 (name.clone(), policy)
             })
             .collect();
@@ -209,6 +243,17 @@ impl RateLimiter {
         self.policies.values()
     }
 
+    /// The policies whose state is shared with the other nodes.
+    pub fn shared_policies(&self) -> impl Iterator<Item = &Arc<Policy>> {
+        self.policies.values().filter(|p| p.shared)
+    }
+
+    /// The clock decisions are made on (a sync converts the shared
+    /// store's times to it).
+    pub fn clock(&self) -> &dyn Clock {
+        self.clock.as_ref()
+    }
+
     /// The client key of `ip` (its address masked to the configured prefix).
     pub fn key(&self, ip: IpAddr) -> Key {
         self.prefixes.key(ip)
@@ -228,7 +273,7 @@ impl RateLimiter {
         let policy = rule.policy.clone();
         let verdict = policy
             .store
-            .decide(&policy.gcra, self.prefixes.key(ip), self.clock.now());
+            .decide(&policy.gcra_now(), self.prefixes.key(ip), self.clock.now());
         let (outcome, delay) = match (verdict, policy.settings.nodelay, policy.settings.dry_run) {
             (Verdict::Deny { .. }, _, false) => (Outcome::Rejected, 0),
             (Verdict::Deny { .. }, _, true) => (Outcome::DryRunRejected, 0),
@@ -275,6 +320,7 @@ mod tests {
             nodelay,
             status: 429,
             dry_run,
+            shared: None,
         }
     }
 
@@ -466,5 +512,29 @@ mod tests {
             Some(Outcome::Passed),
             "b changed: fresh"
         );
+    }
+
+    #[test]
+    fn a_divisor_admits_that_share_of_the_rate_and_the_same_tolerance() {
+        let clock = Arc::new(FakeClock::default());
+        let rl = limiter(&[("p", policy(20, 10, true, false))], vec![], clock.clone());
+        let p = rl.policies().next().expect("policy").clone();
+        p.set_divisor(3);
+        assert_eq!(p.divisor(), 3);
+        let client = ip("192.0.2.1");
+        let passed = |n: usize| {
+            (0..n)
+                .filter(|_| rl.check(client, &Method::GET, "/").map(|d| d.outcome) == Some(Outcome::Passed))
+                .count()
+        };
+        // Tolerance 500 ms at 150 ms a request: 4 at once, not 11.
+        assert_eq!(passed(20), 4);
+        clock.advance(Duration::from_secs(3));
+        // 3 s at 20/3 r/s: 20 more (and the burst back).
+        assert_eq!(passed(100), 4);
+        clock.advance(Duration::from_millis(150));
+        assert_eq!(passed(10), 1);
+        p.set_divisor(0);
+        assert_eq!(p.divisor(), 1, "never more than the whole quota");
     }
 }

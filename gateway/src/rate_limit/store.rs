@@ -12,6 +12,13 @@
 //! therefore never evicts a heavy hitter (it has the largest TAT), so it
 //! cannot hand a flooding client a fresh burst; the evicted key gains at
 //! most what it was about to regain anyway.
+//!
+//! A store built `shared` also keeps what the sync with other gateway nodes
+//! needs (see `rate_limit::cluster`): per key, the requests admitted since
+//! the last sync, and per shard, the keys seen since then (each listed
+//! once), so a sync costs in proportion to the active keys, never to the
+//! keys tracked or the requests served. [`KeyedStore::take_active`] hands
+//! them over; [`KeyedStore::fold`] moves a key's state on to the cluster's.
 
 use super::gcra::{Gcra, Verdict};
 use std::collections::HashMap;
@@ -22,9 +29,23 @@ pub use crate::client_ip::Key;
 
 const SHARDS: usize = 64;
 
+/// One key's state.
+#[derive(Debug, Clone, Copy, Default)]
+struct Entry {
+    /// Theoretical arrival time.
+    tat: u64,
+    /// Requests admitted since the key was last handed to a sync (shared
+    /// stores only).
+    admitted: u32,
+    /// Whether the key is in its shard's `active` list.
+    listed: bool,
+}
+
 #[derive(Debug, Default)]
 struct Shard {
-    map: HashMap<Key, u64>,
+    map: HashMap<Key, Entry>,
+    /// Keys seen since the last sync (shared stores only), each once.
+    active: Vec<Key>,
     /// The latest time this shard decided at: decisions never go back in
     /// time, even if a clock read on another core comes out earlier.
     latest: u64,
@@ -35,18 +56,20 @@ struct Shard {
 pub struct KeyedStore {
     shards: Box<[Mutex<Shard>]>,
     shard_cap: usize,
+    shared: bool,
     // Keys are chosen by clients: keep SipHash with a random seed (no HashDoS).
     hasher: RandomState,
 }
 
 impl KeyedStore {
     /// A store holding at most `max_keys` keys (rounded up to a multiple of
-    /// the shard count).
-    pub fn new(max_keys: usize) -> Self {
+    /// the shard count); `shared` keeps what a sync needs.
+    pub fn new(max_keys: usize, shared: bool) -> Self {
         let shards = (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect();
         Self {
             shards,
             shard_cap: max_keys.div_ceil(SHARDS).max(1),
+            shared,
             hasher: RandomState::new(),
         }
     }
@@ -66,18 +89,84 @@ impl KeyedStore {
     /// the lock must not judge its request against a state that others have
     /// moved on since (that once refused a request at 2% of the rate).
     pub fn decide_at(&self, gcra: &Gcra, key: Key, now: impl FnOnce() -> u64) -> Verdict {
-        let mut shard = self.shard(&key);
+        let mut guard = self.shard(&key);
+        let shard = &mut *guard;
         let now = now().max(shard.latest);
         shard.latest = now;
-        let tat = shard.map.get(&key).copied();
-        let (verdict, new_tat) = gcra.decide(tat, now);
-        if let Some(new_tat) = new_tat {
-            if tat.is_none() && shard.map.len() >= self.shard_cap {
-                make_room(&mut shard.map, now);
+        let entry = shard.map.get(&key).copied();
+        let (verdict, new_tat) = gcra.decide(entry.map(|e| e.tat), now);
+        let mut entry = match (entry, new_tat) {
+            (Some(entry), _) => entry,
+            (None, Some(_)) => {
+                if shard.map.len() >= self.shard_cap {
+                    make_room(&mut shard.map, now);
+                }
+                Entry::default()
             }
-            shard.map.insert(key, new_tat);
+            // A refused request of an untracked key changes nothing.
+            (None, None) => return verdict,
+        };
+        if let Some(tat) = new_tat {
+            entry.tat = tat;
+            entry.admitted = entry.admitted.saturating_add(u32::from(self.shared));
         }
+        if self.shared && !entry.listed {
+            entry.listed = true;
+            shard.active.push(key);
+        }
+        shard.map.insert(key, entry);
         verdict
+    }
+
+    /// The keys seen since the last call, each with the requests admitted
+    /// for it since then (reset to 0): what a sync publishes. Empty for a
+    /// store that is not shared.
+    pub fn take_active(&self) -> Vec<(Key, u32)> {
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            let mut guard = shard.lock().unwrap_or_else(|e| e.into_inner());
+            let shard = &mut *guard;
+            for key in shard.active.drain(..) {
+                if let Some(entry) = shard.map.get_mut(&key) {
+                    out.push((key, std::mem::take(&mut entry.admitted)));
+                    entry.listed = false;
+                }
+            }
+            if shard.active.capacity() > 64 {
+                shard.active.shrink_to(64);
+            }
+        }
+        out
+    }
+
+    /// Moves `key` on to the cluster's state: `tat` is the TAT the shared
+    /// store holds (on this clock), which counts every node's requests up
+    /// to the sync; the requests this node admitted since the sync began
+    /// (`interval` each) come on top. A key whose state is already later
+    /// keeps it; an untracked one is tracked when not yet replenished.
+    pub fn fold(&self, key: Key, tat: u64, interval: u64) {
+        let mut guard = self.shard(&key);
+        let shard = &mut *guard;
+        let now = shard.latest;
+        match shard.map.get_mut(&key) {
+            Some(entry) => {
+                let cluster = tat.saturating_add(interval.saturating_mul(u64::from(entry.admitted)));
+                entry.tat = entry.tat.max(cluster);
+            }
+            None if tat > now => {
+                if shard.map.len() >= self.shard_cap {
+                    make_room(&mut shard.map, now);
+                }
+                shard.map.insert(
+                    key,
+                    Entry {
+                        tat,
+                        ..Entry::default()
+                    },
+                );
+            }
+            None => {}
+        }
     }
 
     /// Drops replenished keys and returns memory from shrunken tables;
@@ -86,7 +175,8 @@ impl KeyedStore {
         let mut total = 0;
         for shard in self.shards.iter() {
             let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
-            shard.map.retain(|_, tat| *tat > now);
+            // A listed key stays until the sync takes it.
+            shard.map.retain(|_, e| e.tat > now || e.listed);
             if shard.map.capacity() > 64 && shard.map.capacity() > shard.map.len() * 4 {
                 shard.map.shrink_to_fit();
             }
@@ -116,7 +206,7 @@ impl KeyedStore {
     /// Bytes held by the tables (capacity, not just length), for the
     /// memory-per-key figure.
     pub fn table_bytes(&self) -> usize {
-        let slot = std::mem::size_of::<(Key, u64)>() + 1;
+        let slot = std::mem::size_of::<(Key, Entry)>() + 1;
         self.shards
             .iter()
             .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).map.capacity() * slot)
@@ -125,13 +215,13 @@ impl KeyedStore {
 }
 
 /// Frees one slot in a full shard (see the module documentation).
-fn make_room(map: &mut HashMap<Key, u64>, now: u64) {
+fn make_room(map: &mut HashMap<Key, Entry>, now: u64) {
     let before = map.len();
-    map.retain(|_, tat| *tat > now);
+    map.retain(|_, e| e.tat > now || e.listed);
     if map.len() < before {
         return;
     }
-    if let Some(victim) = map.iter().min_by_key(|(_, tat)| **tat).map(|(k, _)| *k) {
+    if let Some(victim) = map.iter().min_by_key(|(_, e)| e.tat).map(|(k, _)| *k) {
         map.remove(&victim);
     }
 }
@@ -144,7 +234,7 @@ mod tests {
 
     #[test]
     fn the_cap_holds_under_a_flood_of_new_keys() {
-        let store = KeyedStore::new(1024);
+        let store = KeyedStore::new(1024, false);
         let g = Gcra::new(1.0, 5);
         for i in 0..100_000u64 {
             store.decide(&g, Key(0, i), 0);
@@ -154,7 +244,7 @@ mod tests {
 
     #[test]
     fn a_flood_of_new_keys_does_not_evict_a_heavy_hitter() {
-        let store = KeyedStore::new(SHARDS * 4);
+        let store = KeyedStore::new(SHARDS * 4, false);
         let g = Gcra::new(1.0, 2);
         let heavy = Key(0, u64::MAX);
         for _ in 0..3 {
@@ -172,7 +262,7 @@ mod tests {
 
     #[test]
     fn cleanup_drops_replenished_keys_and_returns_memory() {
-        let store = KeyedStore::new(1_000_000);
+        let store = KeyedStore::new(1_000_000, false);
         let g = Gcra::new(10.0, 0);
         for i in 0..100_000u64 {
             store.decide(&g, Key(0, i), 0);
@@ -185,5 +275,74 @@ mod tests {
             "{} of {full} bytes still held",
             store.table_bytes()
         );
+    }
+
+    #[test]
+    fn a_shared_store_lists_each_seen_key_once_with_what_it_admitted() {
+        let store = KeyedStore::new(1024, true);
+        let g = Gcra::new(10.0, 1);
+        let (a, b) = (Key(0, 1), Key(0, 2));
+        for _ in 0..3 {
+            store.decide(&g, a, 0);
+        }
+        store.decide(&g, b, 0);
+        let mut taken = store.take_active();
+        taken.sort_by_key(|(k, _)| k.1);
+        assert_eq!(taken, [(a, 2), (b, 1)], "a: 2 admitted, 1 refused");
+        assert!(store.take_active().is_empty(), "nothing seen since");
+        store.decide(&g, a, 0);
+        assert_eq!(
+            store.take_active(),
+            [(a, 0)],
+            "a refusal lists the key, admitting nothing"
+        );
+    }
+
+    #[test]
+    fn a_store_that_is_not_shared_lists_nothing() {
+        let store = KeyedStore::new(1024, false);
+        store.decide(&Gcra::new(10.0, 1), Key(0, 1), 0);
+        assert!(store.take_active().is_empty());
+    }
+
+    #[test]
+    fn fold_moves_a_key_on_to_the_cluster_state_plus_what_it_admitted_since() {
+        let store = KeyedStore::new(1024, true);
+        let g = Gcra::new(10.0, 2);
+        let key = Key(0, 1);
+        store.decide(&g, key, 0);
+        store.take_active();
+        // Admitted once more after the sync began: on top of the cluster's.
+        store.decide(&g, key, 0);
+        store.fold(key, 250 * MS, g.interval);
+        // TAT 350 ms: backlog 350 > tolerance 200 until 150 ms.
+        assert!(matches!(store.decide(&g, key, 149 * MS), Verdict::Deny { .. }));
+        assert!(matches!(store.decide(&g, key, 150 * MS), Verdict::Allow { .. }));
+        // A cluster state behind the local one changes nothing.
+        store.fold(key, 0, g.interval);
+        assert!(matches!(store.decide(&g, key, 151 * MS), Verdict::Deny { .. }));
+    }
+
+    #[test]
+    fn fold_tracks_a_key_this_node_has_not_seen_only_while_it_is_not_replenished() {
+        let store = KeyedStore::new(1024, true);
+        let g = Gcra::new(10.0, 0);
+        store.decide(&g, Key(0, 9), 50 * MS);
+        store.fold(Key(0, 1), 40 * MS, g.interval);
+        assert!(
+            matches!(store.decide(&g, Key(0, 1), 50 * MS), Verdict::Allow { .. }),
+            "replenished: not tracked"
+        );
+        store.fold(Key(0, 2), 200 * MS, g.interval);
+        assert!(matches!(store.decide(&g, Key(0, 2), 60 * MS), Verdict::Deny { .. }));
+    }
+
+    #[test]
+    fn cleanup_keeps_listed_keys_until_a_sync_takes_them() {
+        let store = KeyedStore::new(1024, true);
+        store.decide(&Gcra::new(10.0, 0), Key(0, 1), 0);
+        assert_eq!(store.cleanup(500 * MS), 1, "replenished but not yet synced");
+        assert_eq!(store.take_active(), [(Key(0, 1), 1)]);
+        assert_eq!(store.cleanup(500 * MS), 0);
     }
 }

@@ -100,6 +100,15 @@ impl LoggedGateway {
     }
 }
 
+impl Drop for LoggedGateway {
+    /// A test that failed before `stop` must not leave the process behind
+    /// (it would hold the test's output pipe open).
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// The access-log lines in `DIR/access.log` for requests to `path`.
 pub fn access_lines(dir: &std::path::Path, path: &str) -> Vec<serde_json::Value> {
     let log = std::fs::read_to_string(dir.join("access.log")).expect("log");
