@@ -377,3 +377,136 @@ async fn a_restarted_node_does_not_hand_out_a_fresh_burst() {
     let total = accepted(&sent, Duration::ZERO, Duration::MAX);
     assert!((135..=165).contains(&total), "{total} admitted in 7 s, not 150 ± 10%");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_slower_than_the_budget_degrades_the_node_until_it_answers_in_time() {
+    let _serial = SERIAL.lock().await;
+    let redis = OwnRedis::start();
+    let cluster = Cluster::start(&redis, 2).await;
+    cluster.wait_live(2.0).await;
+    let http = reqwest::Client::new();
+    let start = Instant::now() + Duration::from_millis(50);
+    let client = {
+        let http = http.clone();
+        let urls = cluster.urls("/e");
+        tokio::spawn(async move {
+            drive(
+                &http,
+                move || urls.clone(),
+                "203.0.113.13",
+                300,
+                Duration::from_millis(10),
+                start,
+            )
+            .await
+        })
+    };
+    tokio::time::sleep_until(start + Duration::from_millis(500)).await;
+    // Redis holds every client for 1.5 s: syncs run past sync_timeout.
+    assert!(redis.command(&["CLIENT", "PAUSE", "1500", "ALL"]).starts_with("+OK"));
+    tokio::time::sleep_until(start + Duration::from_millis(1500)).await;
+    for i in 0..2 {
+        assert_eq!(
+            cluster.metric(i, "gateway_rate_limit_shared_degraded").await,
+            1.0,
+            "node {i}"
+        );
+        assert!(
+            cluster
+                .metric(i, "gateway_rate_limit_syncs_total{result=\"slow\"}")
+                .await
+                >= 1.0
+        );
+    }
+    let sent = client.await.expect("client");
+    assert_no_errors(&sent);
+    for i in 0..2 {
+        assert_eq!(
+            cluster.metric(i, "gateway_rate_limit_shared_degraded").await,
+            0.0,
+            "node {i}"
+        );
+    }
+    // 3 s at 20 r/s plus the burst, degraded for a second and a half of it.
+    let ok = accepted(&sent, Duration::ZERO, Duration::MAX);
+    let timeline: Vec<(usize, usize)> = (0..12)
+        .map(|q| {
+            let from = Duration::from_millis(250 * q);
+            let to = from + Duration::from_millis(250);
+            let on = |n: usize| {
+                sent.iter()
+                    .filter(|s| s.node == n && s.status == 200 && s.at >= from && s.at < to)
+                    .count()
+            };
+            (on(0), on(1))
+        })
+        .collect();
+    // One node: 71. Each node alone at half the rate keeps the total near
+    // it; what the nodes admitted alone is carried into the shared state
+    // when Redis answers again (no second burst), and what was sent while
+    // Redis stalled is not charged twice (no refusals after).
+    assert!((60..=82).contains(&ok), "{ok} admitted in 3 s: {timeline:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_quota_applies_to_the_shared_state_on_every_node_after_reload() {
+    let _serial = SERIAL.lock().await;
+    let redis = OwnRedis::start();
+    let cluster = Cluster::start(&redis, 3).await;
+    cluster.wait_live(3.0).await;
+    let http = reqwest::Client::new();
+    let start = Instant::now() + Duration::from_millis(50);
+    let client = {
+        let http = http.clone();
+        let urls = cluster.urls("/f");
+        tokio::spawn(async move {
+            drive(
+                &http,
+                move || urls.clone(),
+                "203.0.113.15",
+                500,
+                Duration::from_millis(10),
+                start,
+            )
+            .await
+        })
+    };
+    tokio::time::sleep_until(start + Duration::from_secs(2)).await;
+    // Every node's file now says 2 r/s, no burst (watched files reload).
+    for (node, dir) in cluster.nodes.iter().flatten().zip(&cluster.dirs) {
+        let slower = node
+            .config
+            .replace("rate = \"20r/s\"\nburst = 10", "rate = \"2r/s\"\nburst = 0");
+        assert_ne!(slower, node.config);
+        std::fs::write(dir.path().join("live.toml"), slower).expect("write");
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for i in 0..3 {
+        while cluster
+            .metric(i, "gateway_config_reloads_total{result=\"applied\"}")
+            .await
+            < 1.0
+        {
+            assert!(Instant::now() < deadline, "node {i} did not reload");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let reloaded = start.elapsed();
+    let sent = client.await.expect("client");
+    assert_no_errors(&sent);
+    let before = accepted(&sent, Duration::ZERO, Duration::from_secs(2));
+    // 51 on one node; between syncs the cluster can run ahead by about
+    // what the other nodes admit in one interval (README).
+    assert!(
+        (45..=62).contains(&before),
+        "{before} admitted in 2 s at 20 r/s burst 10"
+    );
+    // From the reload on, 2 r/s over the cluster: no fresh burst from the
+    // changed policy's empty local state, and not 3 × 2 r/s.
+    let after = accepted(&sent, reloaded + Duration::from_millis(500), Duration::from_secs(5));
+    let span = Duration::from_secs(5)
+        .saturating_sub(reloaded + Duration::from_millis(500))
+        .as_secs_f64();
+    let most = (2.0 * span).ceil() as usize + 2;
+    assert!(after <= most, "{after} admitted in {span:.1} s at 2 r/s");
+}

@@ -54,17 +54,34 @@ use fred::types::config::{Config as RedisConfig, Options};
 use fred::types::{ClusterHash, CustomCommand};
 use shared::shutdown::CancellationToken;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 /// Keys per script call: a call holds Redis for well under a millisecond.
 pub const CHUNK: usize = 500;
 
 /// The sync script. KEYS: the membership set, then one key per client
-/// key. ARGV: this node's id, the node TTL (µs), the sync window (µs),
-/// then per client key its policy's emission interval (µs) and the
-/// requests this node admitted. Answers the live node count, then per
-/// client key how far its TAT is ahead of now (µs, 0 when replenished).
+/// key. ARGV: this node's id, the node TTL (µs), the sync window (µs), the
+/// time in Redis's clock after which the node will have given up on this
+/// call (µs; 0: none), then per client key its policy's emission interval
+/// (µs), the requests this node admitted, and how far ahead of now this
+/// node's own TAT is (µs). Answers the live node count,
+/// Redis's time (µs), then per client key how far its TAT is ahead of now
+/// (µs, 0 when replenished).
+///
+/// A call run after its deadline (Redis stalled, the node gave up) applies
+/// no counts: the node dropped them, and charging them late, all at once,
+/// would refuse clients that kept to their rate.
+///
+/// The shared TAT is also at least any node's own: after an outage, the
+/// state the nodes kept while limiting alone is carried into the shared
+/// one at once, instead of the shared one starting over from empty.
+///
+/// A key is kept for the node TTL past its TAT, not dropped at its TAT: a
+/// sync dates its admissions from the start of its window, up to a window
+/// back, and a key gone at its TAT would restart from there, forgetting
+/// what was charged in between (which once let two nodes admit twice the
+/// rate for as long as the client kept exactly to it).
 const SYNC: &str = r"
 if redis.replicate_commands then redis.replicate_commands() end
 local t = redis.call('TIME')
@@ -73,21 +90,29 @@ local ttl = tonumber(ARGV[2])
 redis.call('ZADD', KEYS[1], now, ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - ttl)
 redis.call('PEXPIRE', KEYS[1], math.ceil(ttl / 1000))
-local out = { redis.call('ZCARD', KEYS[1]) }
+local out = { redis.call('ZCARD', KEYS[1]), now }
 local since = now - tonumber(ARGV[3])
+local deadline = tonumber(ARGV[4])
+local late = deadline > 0 and now > deadline
 for i = 2, #KEYS do
-  local count = tonumber(ARGV[2 * i + 1])
+  local count = tonumber(ARGV[3 * i])
+  local own = now + tonumber(ARGV[3 * i + 1])
   local tat = tonumber(redis.call('GET', KEYS[i]) or '0')
-  if count > 0 then
-    tat = math.max(tat, since) + tonumber(ARGV[2 * i]) * count
-    if tat > now then
-      redis.call('SET', KEYS[i], string.format('%.0f', tat), 'PX', math.ceil((tat - now) / 1000))
+  if not late and (count > 0 or own > tat) then
+    if count > 0 then
+      tat = math.max(tat, since) + tonumber(ARGV[3 * i - 1]) * count
     end
+    tat = math.max(tat, own)
+    local keep = math.max(tat - now, 0) + ttl
+    redis.call('SET', KEYS[i], string.format('%.0f', tat), 'PX', math.ceil(keep / 1000))
   end
-  out[i] = math.max(tat - now, 0)
+  out[i + 1] = math.max(tat - now, 0)
 end
 return out
 ";
+
+/// Answer fields before the per-key ones: live nodes, Redis's time.
+const HEAD: usize = 2;
 
 /// Removes this node from the membership set (a deliberate stop).
 const LEAVE: &str = "return redis.call('ZREM', KEYS[1], ARGV[1])";
@@ -102,6 +127,11 @@ pub struct Link {
     node: String,
     /// Live nodes at the last successful sync (0: never synced).
     live: AtomicU32,
+    /// This node's clock: the origin of `offset`.
+    origin: Instant,
+    /// Redis's time minus this node's (µs), from the last answer
+    /// (`i64::MIN`: not known yet).
+    offset: AtomicI64,
     degraded: AtomicBool,
 }
 
@@ -144,6 +174,8 @@ impl Link {
             url,
             node: uuid::Uuid::new_v4().to_string(),
             live: AtomicU32::new(0),
+            origin: Instant::now(),
+            offset: AtomicI64::new(i64::MIN),
             degraded: AtomicBool::new(false),
         }))
     }
@@ -162,6 +194,23 @@ impl Link {
     /// Whether the node limits on its own now.
     pub fn is_degraded(&self) -> bool {
         self.degraded.load(Ordering::Relaxed)
+    }
+
+    /// This node's clock (µs since the link was made).
+    fn local_micros(&self) -> i64 {
+        i64::try_from(self.origin.elapsed().as_micros()).unwrap_or(i64::MAX)
+    }
+
+    /// The Redis time by which a call sent now is given up on (0 while
+    /// Redis's clock is not known).
+    fn deadline(&self) -> i64 {
+        match self.offset.load(Ordering::Relaxed) {
+            i64::MIN => 0,
+            offset => {
+                let budget = i64::try_from(self.settings.sync_timeout.as_micros()).unwrap_or(i64::MAX);
+                self.local_micros().saturating_add(offset).saturating_add(budget)
+            }
+        }
     }
 
     fn members_key(&self) -> String {
@@ -213,6 +262,8 @@ struct Item<'a> {
     policy: &'a Arc<Policy>,
     key: Key,
     admitted: u32,
+    /// This node's TAT for the key, on the limiter's clock.
+    tat: u64,
 }
 
 /// One sync: publish, take in, and enter or leave degraded mode.
@@ -225,28 +276,41 @@ async fn sync(link: &Link, limiter: &RateLimiter, metrics: &Metrics, window: Dur
                 .store
                 .take_active()
                 .into_iter()
-                .map(move |(key, admitted)| Item { policy, key, admitted })
+                .map(move |(key, admitted, tat)| Item {
+                    policy,
+                    key,
+                    admitted,
+                    tat,
+                })
         })
         .collect();
     let calls = items
         .chunks(CHUNK)
-        .map(|chunk| call(link, chunk, window))
+        .map(|chunk| call(link, chunk, window, limiter.clock().now()))
         .collect::<Vec<_>>();
     // Even with no active key, one call: the heartbeat.
     let calls = if calls.is_empty() {
-        vec![call(link, &[], window)]
+        vec![call(link, &[], window, 0)]
     } else {
         calls
     };
     let answered = tokio::time::timeout(link.settings.sync_timeout, futures::future::try_join_all(calls)).await;
     let answers = match answered {
         Ok(Ok(answers)) => answers,
+        Ok(Err(error)) if *error.kind() == fred::error::ErrorKind::Timeout => {
+            return degrade(link, &policies, metrics, "slow", &error.to_string());
+        }
         Ok(Err(error)) => return degrade(link, &policies, metrics, "failed", &error.to_string()),
         Err(_) => return degrade(link, &policies, metrics, "slow", "over sync_timeout"),
     };
     let now = limiter.clock().now();
+    if let Some(redis_now) = answers.first().and_then(|a| a.get(1)) {
+        // Off by up to the round trip, well within the budget's margin.
+        link.offset
+            .store(redis_now.saturating_sub(link.local_micros()), Ordering::Relaxed);
+    }
     for (chunk, answer) in items.chunks(CHUNK).zip(&answers) {
-        for (item, ahead_us) in chunk.iter().zip(answer.iter().skip(1)) {
+        for (item, ahead_us) in chunk.iter().zip(answer.iter().skip(HEAD)) {
             let ahead = u64::try_from(*ahead_us).unwrap_or(0).saturating_mul(1_000);
             item.policy
                 .store
@@ -270,19 +334,21 @@ async fn sync(link: &Link, limiter: &RateLimiter, metrics: &Metrics, window: Dur
     }
 }
 
-/// One script call for `chunk`.
-async fn call(link: &Link, chunk: &[Item<'_>], window: Duration) -> Result<Vec<i64>, Error> {
+/// One script call for `chunk`, whose TATs are read against `now`.
+async fn call(link: &Link, chunk: &[Item<'_>], window: Duration, now: u64) -> Result<Vec<i64>, Error> {
     let prefix = &link.settings.key_prefix;
     let mut keys = Vec::with_capacity(chunk.len() + 1);
     keys.push(link.members_key());
-    let mut args = Vec::with_capacity(3 + 2 * chunk.len());
+    let mut args = Vec::with_capacity(4 + 3 * chunk.len());
     args.push(link.node.clone());
     args.push(micros(link.settings.node_ttl).to_string());
     args.push(micros(window).to_string());
+    args.push(link.deadline().to_string());
     for item in chunk {
         keys.push(format!("{prefix}:{}:{}", item.policy.name, item.key.address()));
         args.push((item.policy.gcra.interval / 1_000).max(1).to_string());
         args.push(item.admitted.to_string());
+        args.push((item.tat.saturating_sub(now) / 1_000).to_string());
     }
     link.eval(SYNC, keys, args).await
 }

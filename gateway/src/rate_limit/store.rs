@@ -119,16 +119,16 @@ impl KeyedStore {
     }
 
     /// The keys seen since the last call, each with the requests admitted
-    /// for it since then (reset to 0): what a sync publishes. Empty for a
-    /// store that is not shared.
-    pub fn take_active(&self) -> Vec<(Key, u32)> {
+    /// for it since then (reset to 0) and its TAT: what a sync publishes.
+    /// Empty for a store that is not shared.
+    pub fn take_active(&self) -> Vec<(Key, u32, u64)> {
         let mut out = Vec::new();
         for shard in self.shards.iter() {
             let mut guard = shard.lock().unwrap_or_else(|e| e.into_inner());
             let shard = &mut *guard;
             for key in shard.active.drain(..) {
                 if let Some(entry) = shard.map.get_mut(&key) {
-                    out.push((key, std::mem::take(&mut entry.admitted)));
+                    out.push((key, std::mem::take(&mut entry.admitted), entry.tat));
                     entry.listed = false;
                 }
             }
@@ -287,13 +287,13 @@ mod tests {
         }
         store.decide(&g, b, 0);
         let mut taken = store.take_active();
-        taken.sort_by_key(|(k, _)| k.1);
-        assert_eq!(taken, [(a, 2), (b, 1)], "a: 2 admitted, 1 refused");
+        taken.sort_by_key(|(k, _, _)| k.1);
+        assert_eq!(taken, [(a, 2, 200 * MS), (b, 1, 100 * MS)], "a: 2 admitted, 1 refused");
         assert!(store.take_active().is_empty(), "nothing seen since");
         store.decide(&g, a, 0);
         assert_eq!(
             store.take_active(),
-            [(a, 0)],
+            [(a, 0, 200 * MS)],
             "a refusal lists the key, admitting nothing"
         );
     }
@@ -342,7 +342,7 @@ mod tests {
         let store = KeyedStore::new(1024, true);
         store.decide(&Gcra::new(10.0, 0), Key(0, 1), 0);
         assert_eq!(store.cleanup(500 * MS), 1, "replenished but not yet synced");
-        assert_eq!(store.take_active(), [(Key(0, 1), 1)]);
+        assert_eq!(store.take_active(), [(Key(0, 1), 1, 100 * MS)]);
         assert_eq!(store.cleanup(500 * MS), 0);
     }
 }
