@@ -1,6 +1,8 @@
 //! `swarm-stack.yml` is the product's deployment; with no Docker engine
 //! here, these checks are how it stays right: the invariants that bite in
 //! production, and Docker's own schema check (`docker stack config`).
+//! The gateway configuration it ships (`gateway_toml`) is checked with it,
+//! including `[rate_limit.shared]` and the `limits-redis` it points at.
 
 mod common;
 
@@ -51,6 +53,79 @@ fn seconds(v: &Value) -> Duration {
     humantime::parse_duration(v.as_str().expect("a duration")).expect("a duration")
 }
 
+/// The gateway configuration file the stack ships (the `gateway_toml`
+/// config), relative to the repository root.
+fn shipped_config_file(stack: &Value) -> String {
+    let file = stack["configs"]["gateway_toml"]["file"].as_str().expect("config file");
+    file.trim_start_matches("./").to_string()
+}
+
+/// That file parsed as plain TOML.
+fn shipped_config_table(stack: &Value) -> toml::Table {
+    let file = shipped_config_file(stack);
+    std::fs::read_to_string(root().join(&file))
+        .unwrap_or_else(|e| panic!("{file}: {e}"))
+        .parse()
+        .unwrap_or_else(|e| panic!("{file}: {e}"))
+}
+
+/// Where each secret the service mounts appears in its container
+/// (`/run/secrets/TARGET`, TARGET the source's name unless given).
+fn secret_paths(service: &Value) -> BTreeSet<String> {
+    service["secrets"]
+        .as_sequence()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|s| {
+            let target = s
+                .as_str()
+                .or_else(|| s["target"].as_str())
+                .or_else(|| s["source"].as_str());
+            let target = target.expect("a secret name");
+            if target.starts_with('/') {
+                target.to_string()
+            } else {
+                format!("/run/secrets/{target}")
+            }
+        })
+        .collect()
+}
+
+/// The documented shape of the `gateway_redis_url` secret's content.
+const EXAMPLE_REDIS_URL: &str =
+    "redis://:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef@limits-redis:6379/0\n";
+
+/// The shipped configuration, ready to load here: certificates as in
+/// [`common::committed_config`], and the Redis URL secret (which exists
+/// only inside the stack) written into the temporary directory.
+fn deployed_config(stack: &Value) -> (tempfile::TempDir, PathBuf) {
+    let (dir, path) = common::committed_config(&shipped_config_file(stack));
+    let table = shipped_config_table(stack);
+    if let Some(secret) = table
+        .get("rate_limit")
+        .and_then(|r| r.get("shared"))
+        .and_then(|s| s.get("redis_url_file"))
+        .and_then(toml::Value::as_str)
+    {
+        let local = dir.path().join("gateway_redis_url");
+        std::fs::write(&local, EXAMPLE_REDIS_URL).expect("write");
+        let text = std::fs::read_to_string(&path).expect("read");
+        std::fs::write(&path, text.replace(secret, &local.display().to_string())).expect("write");
+    }
+    (dir, path)
+}
+
+fn redis_command(stack: &Value, service: &str) -> String {
+    stack["services"][service]["command"]
+        .as_sequence()
+        .unwrap_or_else(|| panic!("{service} has a command"))
+        .iter()
+        .map(|v| v.as_str().expect("text"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 #[test]
 fn only_the_gateway_publishes_ports_and_only_in_host_mode() {
     let stack = stack();
@@ -75,15 +150,25 @@ fn only_the_gateway_publishes_ports_and_only_in_host_mode() {
 #[test]
 fn stores_live_on_an_internal_network_only() {
     let stack = stack();
-    assert_eq!(stack["networks"]["backend"]["internal"], true);
-    assert_eq!(stack["networks"]["backend"]["driver"], "overlay");
+    for network in ["backend", "limits"] {
+        assert_eq!(
+            stack["networks"][network]["internal"], true,
+            "{network} must be internal"
+        );
+        assert_eq!(stack["networks"][network]["driver"], "overlay", "{network}");
+    }
     for (name, service) in services(&stack) {
         let nets = names(&service["networks"]);
         match name.as_str() {
             "redis" | "mongo" => assert_eq!(nets, BTreeSet::from(["backend".to_string()]), "{name}"),
-            "app" => assert!(nets.contains("backend") && nets.contains("frontend"), "{nets:?}"),
+            "limits-redis" => assert_eq!(nets, BTreeSet::from(["limits".to_string()]), "{name}"),
+            "app" => {
+                assert!(nets.contains("backend") && nets.contains("frontend"), "{nets:?}");
+                assert!(!nets.contains("limits"), "the app must not reach the rate-limit state");
+            }
             "gateway" => {
                 assert!(!nets.contains("backend"), "the gateway must not reach the stores");
+                assert!(nets.contains("limits"), "the gateway must reach limits-redis");
                 let app_nets = names(&stack["services"]["app"]["networks"]);
                 assert!(
                     nets.iter().any(|n| app_nets.contains(n)),
@@ -93,6 +178,169 @@ fn stores_live_on_an_internal_network_only() {
             other => panic!("unexpected service {other}"),
         }
     }
+}
+
+#[test]
+fn only_the_gateway_and_its_redis_share_the_limits_network() {
+    let stack = stack();
+    let on_limits: BTreeSet<String> = services(&stack)
+        .into_iter()
+        .filter(|(_, s)| names(&s["networks"]).contains("limits"))
+        .map(|(name, _)| name)
+        .collect();
+    assert_eq!(
+        on_limits,
+        BTreeSet::from(["gateway".to_string(), "limits-redis".to_string()])
+    );
+}
+
+#[test]
+fn the_limit_store_is_private_ephemeral_and_bounded() {
+    let stack = stack();
+    let redis = &stack["services"]["limits-redis"];
+    assert!(redis.is_mapping(), "the stack has a limits-redis service");
+    assert_eq!(
+        redis["image"], stack["services"]["redis"]["image"],
+        "one Redis image in the stack"
+    );
+    assert!(
+        redis["ports"].as_sequence().is_none_or(Vec::is_empty),
+        "limits-redis publishes ports"
+    );
+    assert!(
+        redis["volumes"].as_sequence().is_none_or(Vec::is_empty),
+        "limits-redis needs no volume: its state is worth one burst"
+    );
+    assert_eq!(redis["deploy"]["replicas"], 1);
+    assert_ne!(redis["deploy"]["mode"], "global");
+
+    let command = redis_command(&stack, "limits-redis");
+    for flag in [
+        "--requirepass \"$$(cat /run/secrets/limits_redis_password)\"",
+        "--save \"\"",
+        "--appendonly no",
+        "--maxmemory-policy volatile-ttl",
+    ] {
+        assert!(command.contains(flag), "limits-redis lacks {flag}: {command}");
+    }
+    for persistence in [
+        "--appendonly yes",
+        "--save 60",
+        "--dir",
+        "--dbfilename",
+        "--appendfilename",
+    ] {
+        assert!(!command.contains(persistence), "limits-redis persists: {command}");
+    }
+    assert_eq!(
+        names(&redis["secrets"]),
+        BTreeSet::from(["limits_redis_password".to_string()])
+    );
+
+    // The cap is below the container's limit, so Redis evicts before the
+    // kernel kills it.
+    let cap = command
+        .split("--maxmemory ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("limits-redis has no --maxmemory: {command}"));
+    let cap: u64 = cap
+        .strip_suffix("mb")
+        .and_then(|n| n.parse::<u64>().ok())
+        .map(|n| n << 20)
+        .unwrap_or_else(|| panic!("--maxmemory {cap}: write it in mb"));
+    let limit = redis["deploy"]["resources"]["limits"]["memory"]
+        .as_str()
+        .expect("memory limit");
+    let limit: u64 = limit
+        .strip_suffix('M')
+        .and_then(|n| n.parse::<u64>().ok())
+        .map(|n| n << 20)
+        .unwrap_or_else(|| panic!("memory limit {limit}: write it in M"));
+    assert!(cap * 5 <= limit * 4, "--maxmemory must leave Redis's own overhead room");
+}
+
+#[test]
+fn the_gateway_shares_its_limits_through_a_secret_url_it_mounts() {
+    let stack = stack();
+    let gateway = &stack["services"]["gateway"];
+    assert!(
+        names(&gateway["secrets"]).contains("gateway_redis_url"),
+        "the gateway mounts the gateway_redis_url secret"
+    );
+    // Credentials stay with the service they open.
+    assert!(!names(&gateway["secrets"]).contains("redis_password"));
+    assert!(!names(&gateway["secrets"]).contains("limits_redis_password"));
+    for secret in ["gateway_redis_url", "limits_redis_password"] {
+        assert!(
+            !names(&stack["services"]["app"]["secrets"]).contains(secret),
+            "app has {secret}"
+        );
+    }
+
+    let file = shipped_config_file(&stack);
+    let table = shipped_config_table(&stack);
+    let shared = table
+        .get("rate_limit")
+        .and_then(|r| r.get("shared"))
+        .and_then(toml::Value::as_table)
+        .unwrap_or_else(|| panic!("{file} has no [rate_limit.shared]"));
+    assert!(
+        shared.get("redis_url").is_none(),
+        "{file}: the Redis URL holds a password; give redis_url_file"
+    );
+    let url_file = shared
+        .get("redis_url_file")
+        .and_then(toml::Value::as_str)
+        .unwrap_or_else(|| panic!("{file}: no rate_limit.shared.redis_url_file"));
+    assert!(url_file.starts_with("/run/secrets/"), "{url_file} is not a secret");
+    let mounted = secret_paths(gateway);
+    assert!(
+        mounted.contains(url_file),
+        "{url_file} is none of the gateway's secrets {mounted:?}"
+    );
+
+    // The shipped file loads with a URL of the documented shape, and every
+    // policy is shared (none opts out).
+    let (_dir, path) = deployed_config(&stack);
+    let config = GatewayConfig::load(&path).expect("the deployed config is valid");
+    let shared = config.rate_limit.shared.as_ref().expect("[rate_limit.shared]");
+    let url = shared.resolve_url().expect("the documented URL is accepted");
+    assert!(url.contains("@limits-redis:6379/"), "{url}");
+    assert!(stack["services"]["limits-redis"].is_mapping());
+    assert!(!config.rate_limits.is_empty(), "the deployed gateway limits");
+    for (name, policy) in &config.rate_limits {
+        assert_ne!(policy.shared, Some(false), "{name} is not shared across nodes");
+    }
+}
+
+/// The tests that check `gateway.example.toml` (its validity, its
+/// connection cap against the stack's memory limit) speak for the shipped
+/// file only while the two agree apart from `[rate_limit.shared]`.
+#[test]
+fn the_shipped_config_is_the_example_plus_the_shared_limits() {
+    let stack = stack();
+    let file = shipped_config_file(&stack);
+    if file == "gateway.example.toml" {
+        return;
+    }
+    let mut shipped = shipped_config_table(&stack);
+    let rate_limit = shipped
+        .get_mut("rate_limit")
+        .and_then(toml::Value::as_table_mut)
+        .expect("[rate_limit]");
+    rate_limit.remove("shared");
+    if rate_limit.is_empty() {
+        shipped.remove("rate_limit");
+    }
+    let example: toml::Table = std::fs::read_to_string(root().join("gateway.example.toml"))
+        .expect("gateway.example.toml")
+        .parse()
+        .expect("toml");
+    assert_eq!(
+        shipped, example,
+        "{file} must be gateway.example.toml plus [rate_limit.shared]"
+    );
 }
 
 #[test]
@@ -179,6 +427,11 @@ fn secrets_reach_the_processes_through_files_only() {
     assert!(mongo_env["MONGO_INITDB_ROOT_PASSWORD"].is_null());
     let redis_cmd = serde_yaml::to_string(&stack["services"]["redis"]["command"]).expect("yaml");
     assert!(redis_cmd.contains("/run/secrets/redis_password"), "{redis_cmd}");
+    let limits_cmd = redis_command(&stack, "limits-redis");
+    assert!(
+        limits_cmd.contains("/run/secrets/limits_redis_password"),
+        "{limits_cmd}"
+    );
     for secret in declared(&stack, "secrets") {
         assert_eq!(
             stack["secrets"][secret.as_str()]["external"],
@@ -191,9 +444,9 @@ fn secrets_reach_the_processes_through_files_only() {
 #[test]
 fn the_gateway_config_discovers_the_app_tasks_and_drains_within_the_stop_grace() {
     let stack = stack();
-    let config_file = stack["configs"]["gateway_toml"]["file"].as_str().expect("config file");
-    // Certificates are secrets: validated against a generated pair.
-    let (_dir, path) = common::committed_config(config_file);
+    // Certificates and the Redis URL are secrets: validated against a
+    // generated pair and an example URL.
+    let (_dir, path) = deployed_config(&stack);
     let config = GatewayConfig::load(&path).expect("the deployed config is valid");
 
     let app_port = stack["services"]["app"]["environment"]["APP_LISTEN"]
@@ -250,8 +503,7 @@ fn the_app_container_probes_liveness_and_the_gateway_probes_readiness() {
         ["CMD", "/usr/local/bin/app", "healthcheck"],
         "the app's container healthcheck must probe liveness"
     );
-    let config_file = stack["configs"]["gateway_toml"]["file"].as_str().expect("config file");
-    let (_dir, path) = common::committed_config(config_file);
+    let (_dir, path) = deployed_config(&stack);
     let config = GatewayConfig::load(&path).expect("the deployed config is valid");
     let app = config
         .upstreams
