@@ -14,9 +14,10 @@
 //! most what it was about to regain anyway.
 //!
 //! A store built `shared` also keeps what the sync with other gateway nodes
-//! needs (see `rate_limit::cluster`): per key, the requests admitted since
-//! the last sync, and per shard, the keys seen since then (each listed
-//! once), so a sync costs in proportion to the active keys, never to the
+//! needs (see `rate_limit::cluster`), beside the TATs rather than in them
+//! (a store that is not shared pays nothing): per shard, the keys seen since
+//! the last sync with the requests admitted for each, at most a shard's cap
+//! of them, so a sync costs in proportion to the active keys, never to the
 //! keys tracked or the requests served. [`KeyedStore::take_active`] hands
 //! them over; [`KeyedStore::fold`] moves a key's state on to the cluster's.
 
@@ -29,23 +30,13 @@ pub use crate::client_ip::Key;
 
 const SHARDS: usize = 64;
 
-/// One key's state.
-#[derive(Debug, Clone, Copy, Default)]
-struct Entry {
-    /// Theoretical arrival time.
-    tat: u64,
-    /// Requests admitted since the key was last handed to a sync (shared
-    /// stores only).
-    admitted: u32,
-    /// Whether the key is in its shard's `active` list.
-    listed: bool,
-}
-
 #[derive(Debug, Default)]
 struct Shard {
-    map: HashMap<Key, Entry>,
-    /// Keys seen since the last sync (shared stores only), each once.
-    active: Vec<Key>,
+    map: HashMap<Key, u64>,
+    /// Shared stores: the keys seen since the last sync, with the requests
+    /// admitted for each since then. A listed key is never dropped by
+    /// cleanup or eviction before the sync takes it.
+    active: HashMap<Key, u32>,
     /// The latest time this shard decided at: decisions never go back in
     /// time, even if a clock read on another core comes out earlier.
     latest: u64,
@@ -93,45 +84,38 @@ impl KeyedStore {
         let shard = &mut *guard;
         let now = now().max(shard.latest);
         shard.latest = now;
-        let entry = shard.map.get(&key).copied();
-        let (verdict, new_tat) = gcra.decide(entry.map(|e| e.tat), now);
-        let mut entry = match (entry, new_tat) {
-            (Some(entry), _) => entry,
-            (None, Some(_)) => {
-                if shard.map.len() >= self.shard_cap {
-                    make_room(&mut shard.map, now);
-                }
-                Entry::default()
+        let tat = shard.map.get(&key).copied();
+        let (verdict, new_tat) = gcra.decide(tat, now);
+        if let Some(new_tat) = new_tat {
+            if tat.is_none() && shard.map.len() >= self.shard_cap {
+                make_room(&mut shard.map, &shard.active, now);
             }
-            // A refused request of an untracked key changes nothing.
-            (None, None) => return verdict,
-        };
-        if let Some(tat) = new_tat {
-            entry.tat = tat;
-            entry.admitted = entry.admitted.saturating_add(u32::from(self.shared));
+            shard.map.insert(key, new_tat);
         }
-        if self.shared && !entry.listed {
-            entry.listed = true;
-            shard.active.push(key);
+        // A refused request of an untracked key changes nothing.
+        if self.shared && (tat.is_some() || new_tat.is_some()) {
+            let listed = shard.active.len() < self.shard_cap || shard.active.contains_key(&key);
+            if listed {
+                *shard.active.entry(key).or_default() += u32::from(new_tat.is_some());
+            }
         }
-        shard.map.insert(key, entry);
         verdict
     }
 
     /// The keys seen since the last call, each with the requests admitted
-    /// for it since then (reset to 0) and its TAT: what a sync publishes.
-    /// Empty for a store that is not shared.
+    /// for it since then and its TAT: what a sync publishes. Empty for a
+    /// store that is not shared.
     pub fn take_active(&self) -> Vec<(Key, u32, u64)> {
         let mut out = Vec::new();
         for shard in self.shards.iter() {
             let mut guard = shard.lock().unwrap_or_else(|e| e.into_inner());
             let shard = &mut *guard;
-            for key in shard.active.drain(..) {
-                if let Some(entry) = shard.map.get_mut(&key) {
-                    out.push((key, std::mem::take(&mut entry.admitted), entry.tat));
-                    entry.listed = false;
-                }
-            }
+            out.extend(
+                shard
+                    .active
+                    .drain()
+                    .filter_map(|(key, admitted)| shard.map.get(&key).map(|tat| (key, admitted, *tat))),
+            );
             if shard.active.capacity() > 64 {
                 shard.active.shrink_to(64);
             }
@@ -148,22 +132,15 @@ impl KeyedStore {
         let mut guard = self.shard(&key);
         let shard = &mut *guard;
         let now = shard.latest;
+        let since = shard.active.get(&key).copied().unwrap_or(0);
+        let cluster = tat.saturating_add(interval.saturating_mul(u64::from(since)));
         match shard.map.get_mut(&key) {
-            Some(entry) => {
-                let cluster = tat.saturating_add(interval.saturating_mul(u64::from(entry.admitted)));
-                entry.tat = entry.tat.max(cluster);
-            }
+            Some(local) => *local = (*local).max(cluster),
             None if tat > now => {
                 if shard.map.len() >= self.shard_cap {
-                    make_room(&mut shard.map, now);
+                    make_room(&mut shard.map, &shard.active, now);
                 }
-                shard.map.insert(
-                    key,
-                    Entry {
-                        tat,
-                        ..Entry::default()
-                    },
-                );
+                shard.map.insert(key, cluster);
             }
             None => {}
         }
@@ -174,9 +151,10 @@ impl KeyedStore {
     pub fn cleanup(&self, now: u64) -> usize {
         let mut total = 0;
         for shard in self.shards.iter() {
-            let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+            let mut guard = shard.lock().unwrap_or_else(|e| e.into_inner());
+            let shard = &mut *guard;
             // A listed key stays until the sync takes it.
-            shard.map.retain(|_, e| e.tat > now || e.listed);
+            shard.map.retain(|k, tat| *tat > now || shard.active.contains_key(k));
             if shard.map.capacity() > 64 && shard.map.capacity() > shard.map.len() * 4 {
                 shard.map.shrink_to_fit();
             }
@@ -206,7 +184,7 @@ impl KeyedStore {
     /// Bytes held by the tables (capacity, not just length), for the
     /// memory-per-key figure.
     pub fn table_bytes(&self) -> usize {
-        let slot = std::mem::size_of::<(Key, Entry)>() + 1;
+        let slot = std::mem::size_of::<(Key, u64)>() + 1;
         self.shards
             .iter()
             .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).map.capacity() * slot)
@@ -215,13 +193,13 @@ impl KeyedStore {
 }
 
 /// Frees one slot in a full shard (see the module documentation).
-fn make_room(map: &mut HashMap<Key, Entry>, now: u64) {
+fn make_room(map: &mut HashMap<Key, u64>, active: &HashMap<Key, u32>, now: u64) {
     let before = map.len();
-    map.retain(|_, e| e.tat > now || e.listed);
+    map.retain(|k, tat| *tat > now || active.contains_key(k));
     if map.len() < before {
         return;
     }
-    if let Some(victim) = map.iter().min_by_key(|(_, e)| e.tat).map(|(k, _)| *k) {
+    if let Some(victim) = map.iter().min_by_key(|(_, tat)| **tat).map(|(k, _)| *k) {
         map.remove(&victim);
     }
 }
