@@ -380,6 +380,71 @@ upstream = "ghost"
     }
 }
 
+#[test]
+fn check_config_reports_shared_limit_settings_without_repeating_the_url() {
+    let (code, stderr) = check_edited(|_, text| {
+        text + r#"
+[rate_limits.per_ip]
+rate = "20r/s"
+shared = true
+[rate_limits.other]
+rate = "1r/s"
+shared = true
+[[rate_limit.rules]]
+path_prefix = "/"
+policy = "per_ip"
+[rate_limit.shared]
+redis_url = "http://:hunter2@redis:6379"
+sync_interval = "1ms"
+node_ttl = "1ms"
+sync_timeout = "0s"
+assumed_nodes = 0
+"#
+    });
+    assert_eq!(code, Some(2));
+    for expected in [
+        "rate_limit.shared.redis_url: not a Redis URL",
+        "rate_limit.shared.sync_interval: must be 10ms to 10s",
+        "rate_limit.shared.node_ttl: must be at least twice sync_interval",
+        "rate_limit.shared.sync_timeout: must be greater than zero",
+        "rate_limit.shared.assumed_nodes: must be at least 1",
+    ] {
+        assert!(stderr.contains(expected), "{expected:?} missing from:\n{stderr}");
+    }
+    assert!(!stderr.contains("hunter2"), "the URL's password was echoed:\n{stderr}");
+
+    let (code, stderr) = check_edited(|dir, text| {
+        let url = dir.join("redis_url");
+        std::fs::write(&url, "redis://:pw@127.0.0.1:notaport\n").expect("write");
+        format!("{text}\n[rate_limit.shared]\nredis_url_file = \"{}\"\n", url.display())
+    });
+    assert_eq!(code, Some(2));
+    assert!(
+        stderr.contains("rate_limit.shared.redis_url_file: not a Redis URL"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(":pw@"), "{stderr}");
+
+    let (code, stderr) =
+        check_edited(|_, text| text + "\n[rate_limit.shared]\nredis_url_file = \"/run/secrets/missing\"\n");
+    assert_eq!(code, Some(2));
+    assert!(
+        stderr.contains("rate_limit.shared.redis_url_file: redis_url_file /run/secrets/missing: No such file"),
+        "{stderr}"
+    );
+
+    let (code, stderr) = check_edited(|_, text| text + "\n[rate_limits.per_ip]\nrate = \"20r/s\"\nshared = true\n");
+    assert_eq!(code, Some(2));
+    assert!(
+        stderr.contains("rate_limits.per_ip.shared: needs [rate_limit.shared]"),
+        "{stderr}"
+    );
+
+    let (code, stderr) =
+        check_edited(|_, text| text + "\n[rate_limit.shared]\nredis_url = \"redis://127.0.0.1:6379/0\"\n");
+    assert_eq!(code, Some(0), "{stderr}");
+}
+
 /// `--check-config` on a good file (fresh certificate, one upstream) after
 /// `edit` has changed its text; the exit code and stderr.
 fn check_edited(edit: impl FnOnce(&std::path::Path, String) -> String) -> (Option<i32>, String) {

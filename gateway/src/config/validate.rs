@@ -224,7 +224,12 @@ fn validate_upstream(name: &str, u: &UpstreamSettings, p: &mut Vec<Problem>) {
 fn validate_shared(s: &SharedSettings, p: &mut Vec<Problem>) {
     let key = |k: &str| format!("rate_limit.shared.{k}");
     if let Err(e) = s.resolve_url() {
-        p.push(Problem::new(key("redis_url"), e));
+        let from = if s.redis_url.is_none() && s.redis_url_file.is_some() {
+            "redis_url_file"
+        } else {
+            "redis_url"
+        };
+        p.push(Problem::new(key(from), e));
     }
     if s.key_prefix.is_empty() {
         p.push(Problem::new(key("key_prefix"), "must not be empty"));
@@ -256,8 +261,11 @@ impl SharedSettings {
             (Some(_), Some(_)) => return Err("give redis_url or redis_url_file, not both".into()),
             (None, None) => return Err("give redis_url or redis_url_file".into()),
         };
-        // The client's own parser, so that what passes here connects; its
-        // message never repeats the URL (it may hold a password).
+        // The client's own parser, so that what passes here connects; no
+        // message repeats the URL (it may hold a password).
+        if !url.trim().starts_with("redis://") {
+            return Err("not a Redis URL: it must start with redis://".into());
+        }
         fred::types::config::Config::from_url(url.trim())
             .map(drop)
             .map_err(|e| format!("not a Redis URL: {}", e.details()))?;
