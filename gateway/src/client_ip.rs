@@ -216,4 +216,15 @@ mod tests {
             "v4 and v6 never collide"
         );
     }
+
+    #[test]
+    fn a_key_is_named_by_the_masked_address_it_stands_for() {
+        let prefixes = KeyPrefixes { v4: 24, v6: 64 };
+        let v4 = prefixes.key("192.0.2.77".parse().expect("ip"));
+        assert_eq!(v4.address().to_string(), "192.0.2.0");
+        let mapped = prefixes.key("::ffff:192.0.2.77".parse().expect("ip"));
+        assert_eq!(mapped, v4);
+        let v6 = prefixes.key("2001:db8:1:2:3:4:5:6".parse().expect("ip"));
+        assert_eq!(v6.address().to_string(), "2001:db8:1:2::");
+    }
 }
