@@ -81,12 +81,15 @@ burst = 1000
 nodelay = true'
 start_gateway "$WORK" local "$COMMON"
 LOCAL=$GW_HTTP
+LOCAL_PID=$GW_PID
 start_gateway "$WORK" shared "$COMMON
 [rate_limit.shared]
 redis_url = \"$REDIS_URL\"
 key_prefix = \"bench\"
 sync_interval = \"${SYNC_MS}ms\""
 SHARED=$GW_HTTP
+SHARED_PID=$GW_PID
+REDIS_PID=$(redis-cli -u "$REDIS_URL" INFO server | tr -d '\r' | sed -n 's/^process_id://p')
 SHARED_ADMIN=$(sed -n 's/^admin = "\(.*\)"$/\1/p' "$WORK/shared.toml")
 
 metric() { # NAME -> its value on the shared gateway's /metrics (0 when absent)
@@ -120,21 +123,28 @@ until (($(metric 'gateway_rate_limit_syncs_total{result="ok"}') > 0)); do
   sleep 0.2
 done
 
-declare -A RPS P50 P99
-evals=0 calls=0 syncs_ok=0 syncs_bad=0 synced_keys=0 shared_secs=0
+declare -A RPS P50 P99 CPU
+redis_ticks=0 evals=0 calls=0 syncs_ok=0 syncs_bad=0 synced_keys=0 shared_secs=0
 for ((round = 1; round <= ROUNDS; round++)); do
   for mode in local shared; do
-    port=$LOCAL
+    port=$LOCAL pid=$LOCAL_PID
     if [ "$mode" = shared ]; then
-      port=$SHARED
+      port=$SHARED pid=$SHARED_PID
+      r0=$(cpu_ticks "$REDIS_PID")
       read -r evals0 calls0 <<<"$(redis_calls)"
       read -r ok0 bad0 keys0 <<<"$(sync_counters)"
       t0=$(now)
     fi
+    c0=$(cpu_ticks "$pid") w0=$(now)
     out=$(wrk_run "http://127.0.0.1:$port/healthz" "$DURATION" "$CONNS" -s "$WORK/clients.lua")
+    c1=$(cpu_ticks "$pid") w1=$(now)
     read -r rps p50 p99 <<<"$out"
+    # The gateway's own CPU time per request (us), which drifts less than req/s.
+    cpu=$(awk -v c="$((c1 - c0))" -v hz="$(getconf CLK_TCK)" -v r="$rps" -v a="$w0" -v b="$w1" \
+      'BEGIN { printf "%.1f", c / hz * 1e6 / (r * (b - a)) }')
     if [ "$mode" = shared ]; then
       t1=$(now)
+      redis_ticks=$((redis_ticks + $(cpu_ticks "$REDIS_PID") - r0))
       read -r evals1 calls1 <<<"$(redis_calls)"
       evals=$((evals + evals1 - evals0)); calls=$((calls + calls1 - calls0))
       read -r ok1 bad1 keys1 <<<"$(sync_counters)"
@@ -142,8 +152,8 @@ for ((round = 1; round <= ROUNDS; round++)); do
       synced_keys=$((synced_keys + keys1 - keys0))
       shared_secs=$(awk -v s="$shared_secs" -v a="$t0" -v b="$t1" 'BEGIN { print s + b - a }')
     fi
-    echo "round $round $mode policy: $rps req/s p50 ${p50}ms p99 ${p99}ms" >&2
-    RPS[$mode]+="$rps "; P50[$mode]+="$p50 "; P99[$mode]+="$p99 "
+    echo "round $round $mode policy: $rps req/s p50 ${p50}ms p99 ${p99}ms, gateway CPU ${cpu} us/request" >&2
+    RPS[$mode]+="$rps "; P50[$mode]+="$p50 "; P99[$mode]+="$p99 "; CPU[$mode]+="$cpu "
   done
 done
 degraded=$(metric gateway_rate_limit_shared_degraded)
@@ -152,13 +162,15 @@ degraded=$(metric gateway_rate_limit_shared_degraded)
 {
   l_rps=$(median ${RPS[local]}); l_p50=$(median ${P50[local]}); l_p99=$(median ${P99[local]})
   s_rps=$(median ${RPS[shared]}); s_p50=$(median ${P50[shared]}); s_p99=$(median ${P99[shared]})
+  l_cpu=$(median ${CPU[local]}); s_cpu=$(median ${CPU[shared]})
   s_mean=$(printf '%s\n' ${RPS[shared]} | awk '{ t += $1 } END { printf "%.0f", t / NR }')
 }
 printf '\nend to end, %s clients by X-Forwarded-For, wrk -t2 -c%s, %s x %s rounds, medians\n' "$CLIENTS" "$CONNS" "$DURATION" "$ROUNDS"
-printf 'local policy:  %s req/s  p50 %s ms  p99 %s ms\n' "$l_rps" "$l_p50" "$l_p99"
-printf 'shared policy: %s req/s  p50 %s ms  p99 %s ms\n' "$s_rps" "$s_p50" "$s_p99"
+printf 'local policy:  %s req/s  p50 %s ms  p99 %s ms  gateway CPU %s us/request\n' "$l_rps" "$l_p50" "$l_p99" "$l_cpu"
+printf 'shared policy: %s req/s  p50 %s ms  p99 %s ms  gateway CPU %s us/request\n' "$s_rps" "$s_p50" "$s_p99" "$s_cpu"
 awk -v s="$s_rps" -v l="$l_rps" 'BEGIN { printf "shared/local req/s: %.3fx (target >= 0.95)\n", s / l }'
 awk -v s="$s_p99" -v l="$l_p99" 'BEGIN { printf "shared/local p99:   %.3fx (target <= 1.05)\n", s / l }'
+awk -v s="$s_cpu" -v l="$l_cpu" 'BEGIN { printf "shared/local gateway CPU per request: %.3fx\n", s / l }'
 
 printf '\nRedis during the shared rounds (%.1f s; %s active client keys; gateway %s req/s, mean of the rounds)\n' \
   "$shared_secs" "$CLIENTS" "$s_mean"
@@ -167,6 +179,9 @@ awk -v e="$evals" -v c="$calls" -v t="$shared_secs" -v r="$s_mean" -v k="$CLIENT
   printf "EVAL calls/s:   %.1f (model: %d syncs/s x %d calls of up to %d keys = %d)\n", e / t, 1000 / ms, int((k + chunk - 1) / chunk), chunk, model
   printf "all commands/s: %.0f (the commands run inside the scripts included)\n", c / t
   printf "Redis commands per 1,000 gateway requests: %.2f\n", (r > 0 ? c / t / r * 1000 : 0)
+}'
+awk -v ticks="$redis_ticks" -v hz="$(getconf CLK_TCK)" -v t="$shared_secs" 'BEGIN {
+  printf "redis-server CPU: %.1f%% of one core (on this box, beside the proxies and wrk)\n", ticks / hz / t * 100
 }'
 awk -v ok="$syncs_ok" -v bad="$syncs_bad" -v keys="$synced_keys" -v t="$shared_secs" -v d="$degraded" 'BEGIN {
   printf "gateway syncs: %.1f ok/s, %d failed or slow; %.0f keys per sync; degraded now: %d\n", ok / t, bad, (ok > 0 ? keys / ok : 0), d

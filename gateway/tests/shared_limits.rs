@@ -46,6 +46,7 @@ nodelay = true
 redis_url = "{redis_url}"
 key_prefix = "test"
 sync_interval = "100ms"
+assumed_nodes = 2
 "#
     )
 }
@@ -492,6 +493,16 @@ async fn a_changed_quota_applies_to_the_shared_state_on_every_node_after_reload(
         }
     }
     let reloaded = start.elapsed();
+    // A reload keeps the node's identity and connection: still three live
+    // (new identities would count six until the old ones expired).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for i in 0..3 {
+        assert_eq!(
+            cluster.metric(i, "gateway_rate_limit_live_nodes").await,
+            3.0,
+            "node {i}"
+        );
+    }
     let sent = client.await.expect("client");
     assert_no_errors(&sent);
     let before = accepted(&sent, Duration::ZERO, Duration::from_secs(2));
@@ -509,4 +520,36 @@ async fn a_changed_quota_applies_to_the_shared_state_on_every_node_after_reload(
         .as_secs_f64();
     let most = (2.0 * span).ceil() as usize + 2;
     assert!(after <= most, "{after} admitted in {span:.1} s at 2 r/s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_started_while_redis_is_down_assumes_the_configured_nodes_until_it_is_up() {
+    let _serial = SERIAL.lock().await;
+    let mut redis = OwnRedis::start();
+    redis.kill();
+    let cluster = Cluster::start(&redis, 1).await;
+    let http = reqwest::Client::new();
+    let start = Instant::now() + Duration::from_millis(50);
+    let sent = drive(
+        &http,
+        || cluster.urls("/g"),
+        "203.0.113.17",
+        200,
+        Duration::from_millis(10),
+        start,
+    )
+    .await;
+    assert_no_errors(&sent);
+    assert_eq!(cluster.metric(0, "gateway_rate_limit_shared_degraded").await, 1.0);
+    // assumed_nodes = 2: 10 r/s with the same 500 ms tolerance (6 at
+    // once), not the 51 a node sharing alone would admit in 2 s.
+    let ok = accepted(&sent, Duration::ZERO, Duration::MAX);
+    assert!((20..=32).contains(&ok), "{ok} admitted in 2 s at half the rate");
+    redis.restart();
+    cluster.wait_live(1.0).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while cluster.metric(0, "gateway_rate_limit_shared_degraded").await != 0.0 {
+        assert!(Instant::now() < deadline, "the node never shared again");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

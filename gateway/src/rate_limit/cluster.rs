@@ -47,6 +47,7 @@
 use super::store::Key;
 use super::{Policy, RateLimiter};
 use crate::config::SharedSettings;
+use crate::ip_text::IpText;
 use crate::metrics::Metrics;
 use fred::clients::Client;
 use fred::prelude::{Builder, ClientLike, Error, ReconnectPolicy};
@@ -94,17 +95,18 @@ local out = { redis.call('ZCARD', KEYS[1]), now }
 local since = now - tonumber(ARGV[3])
 local deadline = tonumber(ARGV[4])
 local late = deadline > 0 and now > deadline
+local stored = #KEYS > 1 and redis.call('MGET', unpack(KEYS, 2)) or {}
 for i = 2, #KEYS do
   local count = tonumber(ARGV[3 * i])
   local own = now + tonumber(ARGV[3 * i + 1])
-  local tat = tonumber(redis.call('GET', KEYS[i]) or '0')
+  local tat = tonumber(stored[i - 1]) or 0
   if not late and (count > 0 or own > tat) then
     if count > 0 then
       tat = math.max(tat, since) + tonumber(ARGV[3 * i - 1]) * count
     end
-    tat = math.max(tat, own)
+    if own > tat then tat = own end
     local keep = math.max(tat - now, 0) + ttl
-    redis.call('SET', KEYS[i], string.format('%.0f', tat), 'PX', math.ceil(keep / 1000))
+    redis.call('SET', KEYS[i], tat, 'PX', math.floor(keep / 1000) + 1)
   end
   out[i + 1] = math.max(tat - now, 0)
 end
@@ -344,11 +346,20 @@ async fn call(link: &Link, chunk: &[Item<'_>], window: Duration, now: u64) -> Re
     args.push(micros(link.settings.node_ttl).to_string());
     args.push(micros(window).to_string());
     args.push(link.deadline().to_string());
+    // Written by hand, not formatted: a sync may name thousands of keys.
+    let mut digits = itoa::Buffer::new();
     for item in chunk {
-        keys.push(format!("{prefix}:{}:{}", item.policy.name, item.key.address()));
-        args.push((item.policy.gcra.interval / 1_000).max(1).to_string());
-        args.push(item.admitted.to_string());
-        args.push((item.tat.saturating_sub(now) / 1_000).to_string());
+        let address = IpText::new(item.key.address());
+        let mut name = String::with_capacity(prefix.len() + item.policy.name.len() + 2 + address.as_bytes().len());
+        name.push_str(prefix);
+        name.push(':');
+        name.push_str(&item.policy.name);
+        name.push(':');
+        name.push_str(std::str::from_utf8(address.as_bytes()).unwrap_or_default());
+        keys.push(name);
+        args.push(digits.format((item.policy.gcra.interval / 1_000).max(1)).to_owned());
+        args.push(digits.format(item.admitted).to_owned());
+        args.push(digits.format(item.tat.saturating_sub(now) / 1_000).to_owned());
     }
     link.eval(SYNC, keys, args).await
 }
