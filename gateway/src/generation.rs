@@ -80,6 +80,14 @@ pub struct Active {
     background: CancellationToken,
 }
 
+impl Active {
+    /// Stops this generation's background tasks now (before leaving the
+    /// shared membership at shutdown, so no sync joins it again).
+    pub fn stop_background(&self) {
+        self.background.cancel();
+    }
+}
+
 impl Drop for Active {
     fn drop(&mut self) {
         self.background.cancel();
@@ -109,7 +117,7 @@ pub async fn build(
     let clients = upstream_clients(&config, previous, fixed.workers).await?;
     let (tls, resumption) = tls_acceptor(&config, previous)?;
     let limiter = rate_limiter(&config, previous);
-    let shared = shared_link(&config, previous)?;
+    let shared = shared_link(&config, previous, metrics)?;
     let proxy = Arc::new(Proxy {
         routes: routes(&config, &clients),
         metrics: metrics.clone(),
@@ -236,14 +244,23 @@ fn rate_limiter(config: &GatewayConfig, previous: Option<&Active>) -> Arc<RateLi
 /// The link to the shared rate-limit store: `previous`'s while its
 /// settings (and the URL they resolve to) are unchanged, so the node keeps
 /// its identity and connection; `None` when limits are not shared.
-fn shared_link(config: &GatewayConfig, previous: Option<&Active>) -> anyhow::Result<Option<Arc<Link>>> {
+fn shared_link(
+    config: &GatewayConfig,
+    previous: Option<&Active>,
+    metrics: &Metrics,
+) -> anyhow::Result<Option<Arc<Link>>> {
+    let previous = previous.and_then(|p| p.shared.as_ref());
     let Some(settings) = &config.rate_limit.shared else {
+        // Nothing shared: the gauges say so (a reload may have removed it).
+        metrics.rate_limit_degraded.set(0);
+        metrics.rate_limit_live_nodes.set(0);
         return Ok(None);
     };
-    let kept = previous.and_then(|p| p.shared.as_ref()).filter(|l| l.serves(settings));
-    match kept {
+    match previous.filter(|l| l.serves(settings)) {
         Some(link) => Ok(Some(link.clone())),
-        None => Link::connect(settings).map(Some).context("rate_limit.shared"),
+        None => Link::connect(settings, previous.map(Arc::as_ref))
+            .map(Some)
+            .context("rate_limit.shared"),
     }
 }
 

@@ -133,6 +133,8 @@ pub struct Metrics {
     pub rate_limit_syncs: Family<SyncLabels, Counter>,
     /// Client keys published and taken in by syncs.
     pub rate_limit_synced_keys: Counter,
+    /// Client keys a sync left out (over `max_sync_keys`, the lightest).
+    pub rate_limit_sync_skipped_keys: Counter,
     /// Configuration reloads by result.
     pub reloads: Family<ReloadLabels, Counter>,
     /// Requests the gateway refused or failed itself, by origin and reason
@@ -166,6 +168,7 @@ impl Default for Metrics {
         let rate_limit_degraded = Gauge::default();
         let rate_limit_syncs = Family::<SyncLabels, Counter>::default();
         let rate_limit_synced_keys = Counter::default();
+        let rate_limit_sync_skipped_keys = Counter::default();
         let reloads = Family::<ReloadLabels, Counter>::default();
         let request_errors = Family::<ErrorLabels, Counter>::default();
         let memory_resident = Gauge::default();
@@ -224,6 +227,11 @@ impl Default for Metrics {
             "Client keys published and taken in by shared rate-limit syncs",
             rate_limit_synced_keys.clone(),
         );
+        registry.register(
+            "rate_limit_sync_skipped_keys",
+            "Client keys shared rate-limit syncs left out (over max_sync_keys, the lightest)",
+            rate_limit_sync_skipped_keys.clone(),
+        );
         registry.register("config_reloads", "Configuration reloads by result", reloads.clone());
         registry.register(
             "request_errors",
@@ -258,6 +266,7 @@ impl Default for Metrics {
             rate_limit_degraded,
             rate_limit_syncs,
             rate_limit_synced_keys,
+            rate_limit_sync_skipped_keys,
             reloads,
             request_errors,
             memory_resident,

@@ -92,9 +92,14 @@ impl Reloader {
         self.active.lock().await.config.server.shutdown_grace
     }
 
-    /// Leaves the shared rate-limit membership, if any (at shutdown).
+    /// Stops the syncs and leaves the shared rate-limit membership, if any
+    /// (at shutdown, once requests are done).
     pub async fn leave_shared(&self) {
-        let link = self.active.lock().await.shared.clone();
+        let link = {
+            let active = self.active.lock().await;
+            active.stop_background();
+            active.shared.clone()
+        };
         if let Some(link) = link {
             let _ = tokio::time::timeout(Duration::from_secs(1), link.leave()).await;
         }

@@ -53,12 +53,17 @@ assumed_nodes = 2
 
 impl Cluster {
     async fn start(redis: &OwnRedis, n: usize) -> Self {
+        Self::start_on(redis.url(), n).await
+    }
+
+    /// `n` nodes sharing through the Redis at `redis_url`.
+    async fn start_on(redis_url: String, n: usize) -> Self {
         let replicas = replicas(1).await;
         let mut cluster = Self {
             dirs: Vec::new(),
             nodes: Vec::new(),
             replicas,
-            redis_url: redis.url(),
+            redis_url,
         };
         for _ in 0..n {
             let dir = tempfile::tempdir().expect("dir");
@@ -552,4 +557,91 @@ async fn a_node_started_while_redis_is_down_assumes_the_configured_nodes_until_i
         assert!(Instant::now() < deadline, "the node never shared again");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A TCP relay to `to` that holds every chunk `delay` each way: Redis as
+/// far away as another data centre. Returns its `redis://` URL.
+async fn delayed_relay(to: u16, delay: Duration) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", to)).await else {
+                continue;
+            };
+            let (cr, cw) = client.into_split();
+            let (sr, sw) = server.into_split();
+            tokio::spawn(pump(cr, sw, delay));
+            tokio::spawn(pump(sr, cw, delay));
+        }
+    });
+    format!("redis://127.0.0.1:{port}")
+}
+
+/// Copies `from` to `to`, each chunk sent `delay` after it was read (in
+/// order: a reader task stamps chunks, a writer waits for each stamp).
+async fn pump(mut from: tokio::net::tcp::OwnedReadHalf, mut to: tokio::net::tcp::OwnedWriteHalf, delay: Duration) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        while let Ok(n) = from.read(&mut buf).await {
+            if n == 0 || tx.send((Instant::now() + delay, buf[..n].to_vec())).is_err() {
+                return;
+            }
+        }
+    });
+    while let Some((at, bytes)) = rx.recv().await {
+        tokio::time::sleep_until(at).await;
+        if to.write_all(&bytes).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_distant_redis_does_not_make_clients_under_the_rate_limited() {
+    let _serial = SERIAL.lock().await;
+    let redis = OwnRedis::start();
+    // 40 ms round trips: well inside the 250 ms budget, so shared.
+    let url = delayed_relay(redis.port, Duration::from_millis(20)).await;
+    let cluster = Cluster::start_on(url, 3).await;
+    cluster.wait_live(3.0).await;
+    let http = reqwest::Client::new();
+    let start = Instant::now() + Duration::from_millis(50);
+    // 18 r/s against 20 r/s, spread over the nodes, for 6 s.
+    let sent = drive(
+        &http,
+        || cluster.urls("/h"),
+        "203.0.113.19",
+        108,
+        Duration::from_micros(55_556),
+        start,
+    )
+    .await;
+    assert_no_errors(&sent);
+    let refused = sent.iter().filter(|s| s.status == 429).count();
+    assert_eq!(refused, 0, "{refused} of 108 requests under the rate refused");
+    for i in 0..3 {
+        assert_eq!(
+            cluster.metric(i, "gateway_rate_limit_shared_degraded").await,
+            0.0,
+            "node {i}"
+        );
+    }
+    // And the limit still holds at that distance: 100 r/s for 3 s.
+    let sent = drive(
+        &http,
+        || cluster.urls("/h"),
+        "203.0.113.21",
+        300,
+        Duration::from_millis(10),
+        Instant::now(),
+    )
+    .await;
+    let ok = accepted(&sent, Duration::ZERO, Duration::MAX);
+    assert!(
+        (63..=80).contains(&ok),
+        "{ok} of 300 admitted in 3 s at 20 r/s burst 10 (one node: 71)"
+    );
 }

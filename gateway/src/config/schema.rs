@@ -175,6 +175,9 @@ pub struct SharedSettings {
     /// Live nodes assumed before Redis has ever answered (a node started
     /// while Redis is down divides its quota by this).
     pub assumed_nodes: u32,
+    /// Client keys one sync publishes at most, those nearest their limit
+    /// first (bounds Redis's work when a flood of clients arrives).
+    pub max_sync_keys: usize,
 }
 
 impl Default for SharedSettings {
@@ -187,6 +190,7 @@ impl Default for SharedSettings {
             sync_timeout: Duration::from_millis(250),
             node_ttl: Duration::from_secs(2),
             assumed_nodes: 1,
+            max_sync_keys: 4000,
         }
     }
 }

@@ -247,6 +247,9 @@ fn validate_shared(s: &SharedSettings, p: &mut Vec<Problem>) {
     if s.assumed_nodes == 0 {
         p.push(Problem::new(key("assumed_nodes"), "must be at least 1"));
     }
+    if s.max_sync_keys == 0 {
+        p.push(Problem::new(key("max_sync_keys"), "must be at least 1"));
+    }
 }
 
 impl SharedSettings {
