@@ -167,6 +167,22 @@ async fn drive(
     out
 }
 
+/// `count` requests from `client` at 100 r/s over `urls`, in the
+/// background, from `start`.
+fn at_100_per_second(
+    http: &reqwest::Client,
+    urls: Vec<String>,
+    client: &'static str,
+    count: usize,
+    start: Instant,
+) -> tokio::task::JoinHandle<Vec<Sent>> {
+    let http = http.clone();
+    tokio::spawn(async move {
+        let every = Duration::from_millis(10);
+        drive(&http, move || urls.clone(), client, count, every, start).await
+    })
+}
+
 fn accepted(sent: &[Sent], from: Duration, to: Duration) -> usize {
     sent.iter()
         .filter(|s| s.at >= from && s.at < to && s.status == 200)
@@ -278,21 +294,7 @@ async fn with_redis_gone_each_node_keeps_a_third_and_sharing_comes_back() {
     cluster.wait_live(3.0).await;
     let http = reqwest::Client::new();
     let start = Instant::now() + Duration::from_millis(50);
-    let client = {
-        let http = http.clone();
-        let urls = cluster.urls("/c");
-        tokio::spawn(async move {
-            drive(
-                &http,
-                move || urls.clone(),
-                "203.0.113.9",
-                900,
-                Duration::from_millis(10),
-                start,
-            )
-            .await
-        })
-    };
+    let client = at_100_per_second(&http, cluster.urls("/c"), "203.0.113.9", 900, start);
     tokio::time::sleep_until(start + Duration::from_secs(2)).await;
     redis.kill();
     tokio::time::sleep_until(start + Duration::from_secs(5)).await;
@@ -392,21 +394,7 @@ async fn a_redis_slower_than_the_budget_degrades_the_node_until_it_answers_in_ti
     cluster.wait_live(2.0).await;
     let http = reqwest::Client::new();
     let start = Instant::now() + Duration::from_millis(50);
-    let client = {
-        let http = http.clone();
-        let urls = cluster.urls("/e");
-        tokio::spawn(async move {
-            drive(
-                &http,
-                move || urls.clone(),
-                "203.0.113.13",
-                300,
-                Duration::from_millis(10),
-                start,
-            )
-            .await
-        })
-    };
+    let client = at_100_per_second(&http, cluster.urls("/e"), "203.0.113.13", 300, start);
     tokio::time::sleep_until(start + Duration::from_millis(500)).await;
     // Redis holds every client for 1.5 s: syncs run past sync_timeout.
     assert!(redis.command(&["CLIENT", "PAUSE", "1500", "ALL"]).starts_with("+OK"));
@@ -462,21 +450,7 @@ async fn a_changed_quota_applies_to_the_shared_state_on_every_node_after_reload(
     cluster.wait_live(3.0).await;
     let http = reqwest::Client::new();
     let start = Instant::now() + Duration::from_millis(50);
-    let client = {
-        let http = http.clone();
-        let urls = cluster.urls("/f");
-        tokio::spawn(async move {
-            drive(
-                &http,
-                move || urls.clone(),
-                "203.0.113.15",
-                500,
-                Duration::from_millis(10),
-                start,
-            )
-            .await
-        })
-    };
+    let client = at_100_per_second(&http, cluster.urls("/f"), "203.0.113.15", 500, start);
     tokio::time::sleep_until(start + Duration::from_secs(2)).await;
     // Every node's file now says 2 r/s, no burst (watched files reload).
     for (node, dir) in cluster.nodes.iter().flatten().zip(&cluster.dirs) {
