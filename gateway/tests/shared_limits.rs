@@ -374,6 +374,16 @@ async fn a_restarted_node_does_not_hand_out_a_fresh_burst() {
         cluster.nodes[1].as_ref().expect("up").url("/d"),
     ];
     cluster.stop(2);
+    // SIGTERM left the membership: the others count two at once, not
+    // after node_ttl (2 s).
+    let left = Instant::now();
+    while cluster.metric(0, "gateway_rate_limit_live_nodes").await != 2.0 {
+        assert!(
+            left.elapsed() < Duration::from_secs(1),
+            "the stopped node is still counted"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     cluster.start_node(2).await;
     let restarted = start.elapsed();
     *urls.lock().expect("urls") = cluster.urls("/d");
@@ -618,4 +628,31 @@ async fn a_distant_redis_does_not_make_clients_under_the_rate_limited() {
         (63..=80).contains(&ok),
         "{ok} of 300 admitted in 3 s at 20 r/s burst 10 (one node: 71)"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv6_clients_share_one_limit_per_64_across_the_nodes() {
+    let _serial = SERIAL.lock().await;
+    let redis = OwnRedis::start();
+    let cluster = Cluster::start(&redis, 3).await;
+    cluster.wait_live(3.0).await;
+    let http = reqwest::Client::new();
+    let start = Instant::now() + Duration::from_millis(50);
+    // Two addresses of one /64, each at 50 r/s, spread over the nodes.
+    let a = at_100_per_second(&http, cluster.urls("/i"), "2001:db8:1:2::7", 150, start);
+    let b = at_100_per_second(
+        &http,
+        cluster.urls("/i"),
+        "2001:db8:1:2:ffff::8",
+        150,
+        start + Duration::from_millis(5),
+    );
+    let (a, b) = (a.await.expect("a"), b.await.expect("b"));
+    assert_no_errors(&a);
+    assert_no_errors(&b);
+    let ok = accepted(&a, Duration::ZERO, Duration::MAX) + accepted(&b, Duration::ZERO, Duration::MAX);
+    // One key: 1.5 s at 20 r/s plus the burst is 41 (two keys: about 82).
+    assert!((36..=50).contains(&ok), "{ok} admitted for one /64 in 1.5 s");
+    let stored = redis.command(&["EXISTS", "test:per_ip:2001:db8:1:2::"]);
+    assert!(stored.starts_with(":1"), "the /64's key is not in Redis: {stored}");
 }

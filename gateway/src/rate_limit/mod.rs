@@ -537,4 +537,32 @@ mod tests {
         p.set_divisor(0);
         assert_eq!(p.divisor(), 1, "never more than the whole quota");
     }
+
+    #[test]
+    fn only_shared_policies_keep_sync_bookkeeping() {
+        let clock = Arc::new(FakeClock::default());
+        let mut local = policy(10, 0, true, false);
+        local.shared = Some(false);
+        let map = [("a".to_string(), policy(10, 0, true, false)), ("b".to_string(), local)]
+            .into_iter()
+            .collect();
+        let settings = RateLimitSettings {
+            rules: rules_a_and_b(),
+            shared: Some(crate::config::SharedSettings::default()),
+            ..RateLimitSettings::default()
+        };
+        let rl = RateLimiter::new(&map, &settings, KeyPrefixes::default(), clock, None);
+        let shared: Vec<&str> = rl.shared_policies().map(|p| &*p.name).collect();
+        assert_eq!(shared, ["a"], "unset follows the section; false opts out");
+        let client = ip("192.0.2.1");
+        rl.check(client, &Method::GET, "/a");
+        rl.check(client, &Method::GET, "/b");
+        let taken = |name: &str| {
+            rl.policies()
+                .find(|p| &*p.name == name)
+                .map(|p| p.store.take_active().len())
+        };
+        assert_eq!(taken("a"), Some(1));
+        assert_eq!(taken("b"), Some(0));
+    }
 }
