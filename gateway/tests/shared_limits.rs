@@ -120,6 +120,30 @@ impl Cluster {
     }
 }
 
+/// One scenario's world: the serial turn, its own Redis, `n` nodes counting
+/// each other live, and a client.
+struct World {
+    _serial: tokio::sync::MutexGuard<'static, ()>,
+    redis: OwnRedis,
+    cluster: Cluster,
+    http: reqwest::Client,
+}
+
+impl World {
+    async fn up(n: usize) -> Self {
+        let serial = SERIAL.lock().await;
+        let redis = OwnRedis::start();
+        let cluster = Cluster::start(&redis, n).await;
+        cluster.wait_live(n as f64).await;
+        Self {
+            _serial: serial,
+            redis,
+            cluster,
+            http: reqwest::Client::new(),
+        }
+    }
+}
+
 /// One request's result: when it was sent (since the start), which node,
 /// and the status (0 for a connection error).
 #[derive(Debug, Clone, Copy)]
@@ -207,12 +231,13 @@ fn eval_calls(redis: &OwnRedis) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_client_spread_over_three_nodes_gets_what_one_node_would_give() {
-    let _serial = SERIAL.lock().await;
-    let redis = OwnRedis::start();
-    let cluster = Cluster::start(&redis, 3).await;
-    cluster.wait_live(3.0).await;
+    let World {
+        _serial,
+        redis,
+        cluster,
+        http,
+    } = World::up(3).await;
     let evals_before = eval_calls(&redis);
-    let http = reqwest::Client::new();
     let start = Instant::now() + Duration::from_millis(50);
     let sent = drive(
         &http,
@@ -241,10 +266,12 @@ async fn one_client_spread_over_three_nodes_gets_what_one_node_would_give() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_hundred_clients_under_the_rate_are_never_limited() {
-    let _serial = SERIAL.lock().await;
-    let redis = OwnRedis::start();
-    let cluster = Cluster::start(&redis, 3).await;
-    cluster.wait_live(3.0).await;
+    let World {
+        _serial,
+        redis: _redis,
+        cluster,
+        http: _,
+    } = World::up(3).await;
     // One HTTP/2 connection per node (the plain listener takes prior
     // knowledge): 4,500 r/s over HTTP/1.1 would need more connections than
     // the gateway allows one address.
@@ -288,11 +315,12 @@ async fn three_hundred_clients_under_the_rate_are_never_limited() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_redis_gone_each_node_keeps_a_third_and_sharing_comes_back() {
-    let _serial = SERIAL.lock().await;
-    let mut redis = OwnRedis::start();
-    let cluster = Cluster::start(&redis, 3).await;
-    cluster.wait_live(3.0).await;
-    let http = reqwest::Client::new();
+    let World {
+        _serial,
+        mut redis,
+        cluster,
+        http,
+    } = World::up(3).await;
     let start = Instant::now() + Duration::from_millis(50);
     let client = at_100_per_second(&http, cluster.urls("/c"), "203.0.113.9", 900, start);
     tokio::time::sleep_until(start + Duration::from_secs(2)).await;
@@ -353,11 +381,12 @@ async fn with_redis_gone_each_node_keeps_a_third_and_sharing_comes_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_node_does_not_hand_out_a_fresh_burst() {
-    let _serial = SERIAL.lock().await;
-    let redis = OwnRedis::start();
-    let mut cluster = Cluster::start(&redis, 3).await;
-    cluster.wait_live(3.0).await;
-    let http = reqwest::Client::new();
+    let World {
+        _serial,
+        redis: _redis,
+        mut cluster,
+        http,
+    } = World::up(3).await;
     let start = Instant::now() + Duration::from_millis(50);
     let urls = std::sync::Arc::new(std::sync::Mutex::new(cluster.urls("/d")));
     let client = {
@@ -398,11 +427,12 @@ async fn a_restarted_node_does_not_hand_out_a_fresh_burst() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_slower_than_the_budget_degrades_the_node_until_it_answers_in_time() {
-    let _serial = SERIAL.lock().await;
-    let redis = OwnRedis::start();
-    let cluster = Cluster::start(&redis, 2).await;
-    cluster.wait_live(2.0).await;
-    let http = reqwest::Client::new();
+    let World {
+        _serial,
+        redis,
+        cluster,
+        http,
+    } = World::up(2).await;
     let start = Instant::now() + Duration::from_millis(50);
     let client = at_100_per_second(&http, cluster.urls("/e"), "203.0.113.13", 300, start);
     tokio::time::sleep_until(start + Duration::from_millis(500)).await;
@@ -454,11 +484,12 @@ async fn a_redis_slower_than_the_budget_degrades_the_node_until_it_answers_in_ti
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_changed_quota_applies_to_the_shared_state_on_every_node_after_reload() {
-    let _serial = SERIAL.lock().await;
-    let redis = OwnRedis::start();
-    let cluster = Cluster::start(&redis, 3).await;
-    cluster.wait_live(3.0).await;
-    let http = reqwest::Client::new();
+    let World {
+        _serial,
+        redis: _redis,
+        cluster,
+        http,
+    } = World::up(3).await;
     let start = Instant::now() + Duration::from_millis(50);
     let client = at_100_per_second(&http, cluster.urls("/f"), "203.0.113.15", 500, start);
     tokio::time::sleep_until(start + Duration::from_secs(2)).await;
@@ -632,11 +663,12 @@ async fn a_distant_redis_does_not_make_clients_under_the_rate_limited() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ipv6_clients_share_one_limit_per_64_across_the_nodes() {
-    let _serial = SERIAL.lock().await;
-    let redis = OwnRedis::start();
-    let cluster = Cluster::start(&redis, 3).await;
-    cluster.wait_live(3.0).await;
-    let http = reqwest::Client::new();
+    let World {
+        _serial,
+        redis,
+        cluster,
+        http,
+    } = World::up(3).await;
     let start = Instant::now() + Duration::from_millis(50);
     // Two addresses of one /64, each at 50 r/s, spread over the nodes.
     let a = at_100_per_second(&http, cluster.urls("/i"), "2001:db8:1:2::7", 150, start);
