@@ -13,10 +13,11 @@
 //!   start of the sync window, not from now, so a client spread evenly
 //!   under its rate is not charged a window's worth of backlog) and
 //!   answers how far the TAT is ahead of now. Each node then moves its own
-//!   state on to that (`KeyedStore::fold`). Keys expire in Redis when
-//!   replenished. Redis work therefore grows with the keys active in an
-//!   interval, never with requests: one call a sync (per chunk), whatever
-//!   the traffic.
+//!   state on to that (`KeyedStore::fold`), read against the time the call
+//!   left. Keys expire in Redis `node_ttl` after they are replenished.
+//!   Redis work therefore grows with the keys active in an interval, never
+//!   with requests: one call a sync (per chunk), whatever the traffic, and
+//!   at most `max_sync_keys` keys, those nearest their limit first.
 //! - **Accuracy.** Between syncs each node admits on what it knows, so the
 //!   cluster can admit more than the quota for up to one interval; that
 //!   excess is charged to the key's shared TAT at the next sync (a debt,
@@ -30,11 +31,13 @@
 //!   `sync_timeout` puts the node on its own: each shared policy then
 //!   admits `1/N` of its rate, N the last known live nodes (or
 //!   `assumed_nodes` before Redis ever answered), never a 5xx and never
-//!   unlimited. It is logged once, shown by
-//!   `gateway_rate_limit_shared_degraded`, and ends by itself at the first
-//!   sync that succeeds. What a failed sync carried is dropped, not resent:
-//!   it was admitted under this node's own view, and counting it later
-//!   would charge it twice as old debt.
+//!   unlimited. It is logged once and shown by
+//!   `gateway_rate_limit_shared_degraded`; meanwhile the node sends only
+//!   heartbeats, and after [`RECOVERY_PROBES`] in time in a row it shares
+//!   again, its first sync raising the shared TATs to its own. What a
+//!   failed sync carried is dropped, not resent (and Redis applies nothing
+//!   from a call it runs past the node's deadline): it was admitted under
+//!   this node's own view, and counting it later would charge it twice.
 //! - **Reload and restart.** The Redis client and the node's identity
 //!   ([`Link`]) outlive a reload whose `[rate_limit.shared]` is unchanged;
 //!   an unchanged policy keeps its local state (`RateLimiter::new`) and a
