@@ -113,30 +113,39 @@ impl std::fmt::Debug for Cache {
     }
 }
 
+/// A fred client for `settings`, connecting (and reconnecting) in the
+/// background: at most `timeout` (at least 1 s) is spent waiting for the
+/// first connection. Commands are bounded by `timeout` and never retried
+/// by fred. The cache and the import queue each use their own.
+pub async fn connect_client(settings: &CacheSettings) -> anyhow::Result<Client> {
+    let mut config = RedisConfig::from_url(&settings.url)?;
+    if settings.password.is_some() {
+        config.password.clone_from(&settings.password);
+    }
+    // Let the reconnect policy handle a Redis that is not up yet.
+    config.fail_fast = false;
+    let client = Builder::from_config(config)
+        .with_connection_config(|c| {
+            c.connection_timeout = settings.timeout.max(Duration::from_secs(1));
+            c.internal_command_timeout = settings.timeout.max(Duration::from_secs(1));
+            c.max_command_attempts = 1;
+        })
+        .with_performance_config(|p| p.default_command_timeout = settings.timeout)
+        .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
+        .build()?;
+    client.connect();
+    let _ = tokio::time::timeout(settings.timeout.max(Duration::from_secs(1)), client.wait_for_connect()).await;
+    Ok(client)
+}
+
 impl Cache {
     /// Builds the client and starts connecting in the background; waits at
     /// most `timeout` for the first connection, so a missing Redis delays
     /// start-up by no more than that (the app then runs uncached until
     /// Redis appears).
     pub async fn connect(settings: CacheSettings, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
-        let mut config = RedisConfig::from_url(&settings.url)?;
-        if settings.password.is_some() {
-            config.password = settings.password;
-        }
-        // Let the reconnect policy handle a Redis that is not up yet.
-        config.fail_fast = false;
-        let client = Builder::from_config(config)
-            .with_connection_config(|c| {
-                c.connection_timeout = settings.timeout.max(Duration::from_secs(1));
-                c.internal_command_timeout = settings.timeout.max(Duration::from_secs(1));
-                c.max_command_attempts = 1;
-            })
-            .with_performance_config(|p| p.default_command_timeout = settings.timeout)
-            .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
-            .build()?;
-        client.connect();
-        let first = tokio::time::timeout(settings.timeout.max(Duration::from_secs(1)), client.wait_for_connect()).await;
-        if !matches!(first, Ok(Ok(()))) {
+        let client = connect_client(&settings).await?;
+        if !client.is_connected() {
             tracing::warn!("Redis not reachable at start-up; serving uncached until it is");
         }
         let options = Options {
@@ -229,6 +238,12 @@ impl Cache {
                 self.metrics.cache("error");
             }
         }
+    }
+
+    /// [`Cache::invalidate`] for many names at once (fred pipelines them
+    /// on the connection).
+    pub async fn invalidate_many<'a>(&self, names: impl IntoIterator<Item = &'a ConfigName>) {
+        futures::future::join_all(names.into_iter().map(|name| self.invalidate(name))).await;
     }
 
     /// Drops a config's entry after a write to the store that did, or may

@@ -80,6 +80,34 @@ pub const ENV_BINDINGS: &[EnvBinding] = &[
         key: "redis.timeout",
     },
     EnvBinding {
+        var: "APP_IMPORTS_MAX_BODY",
+        key: "imports.max_body",
+    },
+    EnvBinding {
+        var: "APP_IMPORTS_MAX_QUEUED",
+        key: "imports.max_queued",
+    },
+    EnvBinding {
+        var: "APP_IMPORTS_BATCH_SIZE",
+        key: "imports.batch_size",
+    },
+    EnvBinding {
+        var: "APP_WORKER_CONCURRENCY",
+        key: "worker.concurrency",
+    },
+    EnvBinding {
+        var: "APP_WORKER_CLAIM_IDLE",
+        key: "worker.claim_idle",
+    },
+    EnvBinding {
+        var: "APP_WORKER_POLL_INTERVAL",
+        key: "worker.poll_interval",
+    },
+    EnvBinding {
+        var: "APP_WORKER_MAX_ATTEMPTS",
+        key: "worker.max_attempts",
+    },
+    EnvBinding {
         var: "API_TOKEN",
         key: "auth.api_token",
     },
@@ -102,6 +130,10 @@ pub struct AppConfig {
     pub mongodb: MongoSettings,
     /// Redis read cache; unset `url` means no cache.
     pub redis: RedisSettings,
+    /// Bulk imports (`POST /imports`).
+    pub imports: ImportSettings,
+    /// The import workers of this process.
+    pub worker: WorkerSettings,
     /// Write authentication.
     pub auth: AuthSettings,
     /// Logging.
@@ -219,6 +251,70 @@ impl Default for RedisSettings {
     }
 }
 
+/// `[imports]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct ImportSettings {
+    /// Largest import body (`APP_IMPORTS_MAX_BODY`), default 16 MiB; the
+    /// `/imports` route's own bound, apart from `server.max_body`.
+    pub max_body: ByteSize,
+    /// Jobs queued or running at most (`APP_IMPORTS_MAX_QUEUED`), default
+    /// 64; past it `POST /imports` answers 503 with `Retry-After`.
+    #[serde(deserialize_with = "shared::config::number")]
+    pub max_queued: u64,
+    /// Items per batch (`APP_IMPORTS_BATCH_SIZE`), default 500: one bulk
+    /// write, one plan and one progress record each.
+    #[serde(deserialize_with = "shared::config::number")]
+    pub batch_size: usize,
+}
+
+impl Default for ImportSettings {
+    fn default() -> Self {
+        Self {
+            max_body: ByteSize::mib(16),
+            max_queued: 64,
+            batch_size: 500,
+        }
+    }
+}
+
+/// `[worker]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct WorkerSettings {
+    /// Jobs this process works on at once (`APP_WORKER_CONCURRENCY`),
+    /// default 1; `0` runs no workers here (then `app worker` processes
+    /// must).
+    #[serde(deserialize_with = "shared::config::number")]
+    pub concurrency: usize,
+    /// A job whose worker has not shown progress this long is taken by
+    /// another (`APP_WORKER_CLAIM_IDLE`), default 30 s: the lease, and the
+    /// idle time of `XAUTOCLAIM`.
+    #[serde(with = "humantime_serde")]
+    pub claim_idle: Duration,
+    /// How often an idle worker looks for work when nothing wakes it
+    /// (`APP_WORKER_POLL_INTERVAL`), default 1 s (also the `BLOCK` of a
+    /// Redis read).
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// A job taken this many times without finishing fails
+    /// (`APP_WORKER_MAX_ATTEMPTS`), default 5: a job that kills its
+    /// workers must not kill them forever.
+    #[serde(deserialize_with = "shared::config::number")]
+    pub max_attempts: u32,
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        Self {
+            concurrency: 1,
+            claim_idle: Duration::from_secs(30),
+            poll_interval: Duration::from_secs(1),
+            max_attempts: 5,
+        }
+    }
+}
+
 /// `[auth]`
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
@@ -260,6 +356,20 @@ impl Validate for AppConfig {
         positive("store.timeout", self.store.timeout);
         positive("redis.ttl", self.redis.ttl);
         positive("redis.timeout", self.redis.timeout);
+        positive("worker.claim_idle", self.worker.claim_idle);
+        positive("worker.poll_interval", self.worker.poll_interval);
+        if self.imports.max_body.as_u64() == 0 {
+            problems.push(Problem::new("imports.max_body", "must be greater than zero"));
+        }
+        if self.imports.max_queued == 0 {
+            problems.push(Problem::new("imports.max_queued", "must be at least 1"));
+        }
+        if !(1..=10_000).contains(&self.imports.batch_size) {
+            problems.push(Problem::new("imports.batch_size", "must be from 1 to 10000"));
+        }
+        if self.worker.max_attempts == 0 {
+            problems.push(Problem::new("worker.max_attempts", "must be at least 1"));
+        }
         if self.server.max_body.as_u64() == 0 {
             problems.push(Problem::new("server.max_body", "must be greater than zero"));
         }
@@ -393,6 +503,43 @@ mod tests {
         assert_eq!(
             keys,
             ["redis.ttl", "mongodb.uri", "redis.url", "auth.api_token"],
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn import_and_worker_numbers_come_from_the_environment_as_text() {
+        let c = AppConfig::load(&Sources::from_pairs([
+            ("APP_WORKER_CONCURRENCY", "4"),
+            ("APP_IMPORTS_MAX_QUEUED", "7"),
+            ("APP_IMPORTS_BATCH_SIZE", "250"),
+            ("APP_WORKER_MAX_ATTEMPTS", "2"),
+            ("APP_IMPORTS_MAX_BODY", "32MiB"),
+            ("APP_WORKER_CLAIM_IDLE", "5s"),
+        ]))
+        .expect("valid");
+        assert_eq!(
+            (
+                c.worker.concurrency,
+                c.imports.max_queued,
+                c.imports.batch_size,
+                c.worker.max_attempts
+            ),
+            (4, 7, 250, 2)
+        );
+        assert_eq!(c.imports.max_body, ByteSize::mib(32));
+        assert_eq!(c.worker.claim_idle, Duration::from_secs(5));
+        let defaults = AppConfig::load(&Sources::default()).expect("valid");
+        assert_eq!((defaults.worker.concurrency, defaults.imports.max_queued), (1, 64));
+        let err = AppConfig::load(&Sources::from_pairs([
+            ("APP_WORKER_CONCURRENCY", "many"),
+            ("APP_IMPORTS_BATCH_SIZE", "0"),
+            ("APP_WORKER_MAX_ATTEMPTS", "-1"),
+        ]))
+        .expect_err("invalid");
+        let keys: Vec<&str> = err.problems.iter().map(|p| p.key.as_str()).collect();
+        assert!(
+            keys.contains(&"worker.concurrency") && keys.contains(&"worker.max_attempts"),
             "{err}"
         );
     }

@@ -25,6 +25,9 @@ pub enum ApiError {
     /// 400: the body is not JSON.
     #[error("malformed JSON: {0}")]
     MalformedJson(String),
+    /// 400: an import body is not the framing it declares, or is empty.
+    #[error("{0}")]
+    BadImport(String),
     /// 400: a query parameter is wrong.
     #[error("bad query parameter {}: {}", .0.param, .0.detail)]
     BadQuery(QueryError),
@@ -43,12 +46,18 @@ pub enum ApiError {
     /// 413: the body is larger than the configured maximum.
     #[error("request body larger than {0} bytes")]
     PayloadTooLarge(usize),
-    /// 415: the body is not declared as JSON.
-    #[error("expected Content-Type application/json")]
-    UnsupportedMediaType,
+    /// 413: one item of an import is larger than a config may be.
+    #[error("{0}")]
+    ItemTooLarge(String),
+    /// 415: the body is not declared as a type the route takes (named here).
+    #[error("expected Content-Type {0}")]
+    UnsupportedMediaType(&'static str),
     /// 422: the JSON is well-formed but breaks the field rules.
     #[error("invalid fields")]
     Invalid(Vec<FieldError>),
+    /// 503: `imports.max_queued` jobs are queued or running.
+    #[error("the import queue is full ({0} jobs queued or running); retry later")]
+    QueueFull(u64),
     /// 503: the store cannot be reached.
     #[error("store unavailable: {0}")]
     Unavailable(String),
@@ -70,9 +79,13 @@ impl From<StoreError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, detail, extra) = match &self {
-            Self::MalformedJson(_) | Self::NotFound(_) | Self::Conflict(_) | Self::PayloadTooLarge(_) => {
-                (self.status(), self.to_string(), None)
-            }
+            Self::MalformedJson(_)
+            | Self::BadImport(_)
+            | Self::NotFound(_)
+            | Self::Conflict(_)
+            | Self::PayloadTooLarge(_)
+            | Self::ItemTooLarge(_)
+            | Self::QueueFull(_) => (self.status(), self.to_string(), None),
             Self::BadQuery(q) => (self.status(), self.to_string(), Some(("param", json!(q.param)))),
             Self::Invalid(errors) => (
                 self.status(),
@@ -83,7 +96,7 @@ impl IntoResponse for ApiError {
                 ),
                 Some(("errors", json!(errors))),
             ),
-            Self::Unauthorized | Self::MethodNotAllowed | Self::UnsupportedMediaType => {
+            Self::Unauthorized | Self::MethodNotAllowed | Self::UnsupportedMediaType(_) => {
                 (self.status(), self.to_string(), None)
             }
             Self::Unavailable(why) => {
@@ -104,6 +117,10 @@ impl IntoResponse for ApiError {
             Self::Unavailable(_) => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
+            // A job takes seconds; sooner would mostly find the queue full again.
+            Self::QueueFull(_) => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            }
             _ => {}
         }
         response
@@ -114,15 +131,15 @@ impl ApiError {
     /// The HTTP status this error answers with.
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::MalformedJson(_) | Self::BadQuery(_) => StatusCode::BAD_REQUEST,
+            Self::MalformedJson(_) | Self::BadImport(_) | Self::BadQuery(_) => StatusCode::BAD_REQUEST,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict(_) => StatusCode::CONFLICT,
-            Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::PayloadTooLarge(_) | Self::ItemTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable(_) | Self::QueueFull(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

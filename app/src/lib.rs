@@ -9,6 +9,7 @@ pub mod cache;
 pub mod config;
 pub mod domain;
 pub mod errors;
+pub mod imports;
 pub mod metrics;
 pub mod routes;
 pub mod server;

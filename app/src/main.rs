@@ -6,9 +6,13 @@
 //! `app healthcheck --ready`: exits 0 when `/readyz` answers 2xx (the store
 //! answers and the app is not draining); the gateway's active health checks
 //! probe `/readyz` themselves to take unready replicas out of rotation.
+//! `app healthcheck --admin`: exits 0 when the admin listener's `/healthz`
+//! answers (the healthcheck of `app worker`, which has no API listener).
+//! `app worker`: import workers only (see `app::imports`), for a separate
+//! service that scales apart from the API.
 
 use app::config::AppConfig;
-use app::startup::Application;
+use app::startup::{Application, Role};
 use shared::shutdown::{self, CancellationToken};
 use std::process::ExitCode;
 
@@ -25,19 +29,28 @@ async fn main() -> ExitCode {
     // (for Docker) or readiness.
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("healthcheck") {
-        let path = match args.get(1..).unwrap_or_default() {
-            [] => "/healthz",
-            [flag] if flag == "--ready" => "/readyz",
+        let (listen, path) = match args.get(1..).unwrap_or_default() {
+            [] => (config.server.listen, "/healthz"),
+            [flag] if flag == "--ready" => (config.server.listen, "/readyz"),
+            [flag] if flag == "--admin" => (config.server.admin_listen, "/healthz"),
             _ => {
-                eprintln!("usage: app healthcheck [--ready]");
+                eprintln!("usage: app healthcheck [--ready | --admin]");
                 return ExitCode::from(2);
             }
         };
-        let target = shared::healthcheck::local_target(config.server.listen);
+        let target = shared::healthcheck::local_target(listen);
         return shared::healthcheck::exit_code(target, path);
     }
+    let role = match args.first().map(String::as_str) {
+        None => Role::Api,
+        Some("worker") if args.len() == 1 => Role::Worker,
+        Some(_) => {
+            eprintln!("usage: app [worker | healthcheck [--ready | --admin]]");
+            return ExitCode::from(2);
+        }
+    };
     let _log_guard = shared::telemetry::init(config.log.format);
-    let app = match Application::build(config).await {
+    let app = match Application::build_as(config, role).await {
         Ok(app) => app,
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "start-up failed");

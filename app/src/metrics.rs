@@ -6,6 +6,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -37,6 +38,13 @@ pub struct CacheLabels {
     pub outcome: &'static str,
 }
 
+/// Labels of import metrics: a job state, an item outcome or a claim kind.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ImportLabels {
+    /// The state, outcome or kind.
+    pub kind: &'static str,
+}
+
 type HistogramFamily = Family<RouteLabels, Histogram, fn() -> Histogram>;
 
 /// All app metrics.
@@ -46,6 +54,11 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     latency: HistogramFamily,
     cache: Family<CacheLabels, Counter>,
+    import_depth: Gauge,
+    import_jobs: Family<ImportLabels, Counter>,
+    import_items: Family<ImportLabels, Counter>,
+    import_claims: Family<ImportLabels, Counter>,
+    import_retries: Counter,
 }
 
 fn latency_histogram() -> Histogram {
@@ -70,11 +83,46 @@ impl Default for Metrics {
             latency.clone(),
         );
         registry.register("cache_operations", "Cache lookups and writes by outcome", cache.clone());
+        let import_depth = Gauge::default();
+        let import_jobs = Family::<ImportLabels, Counter>::default();
+        let import_items = Family::<ImportLabels, Counter>::default();
+        let import_claims = Family::<ImportLabels, Counter>::default();
+        let import_retries = Counter::default();
+        registry.register(
+            "import_queue_depth",
+            "Import jobs queued or running (read from the store by each worker pool)",
+            import_depth.clone(),
+        );
+        registry.register(
+            "import_jobs",
+            "Import job state changes made by this process, by the state entered (kind)",
+            import_jobs.clone(),
+        );
+        registry.register(
+            "import_items",
+            "Import items recorded by this process, by outcome (kind)",
+            import_items.clone(),
+        );
+        registry.register(
+            "import_claims",
+            "Import jobs taken by this process's workers: first, reclaimed (after a worker died), republished (lost from the queue)",
+            import_claims.clone(),
+        );
+        registry.register(
+            "import_batch_retries",
+            "Import batches retried because the store was unavailable",
+            import_retries.clone(),
+        );
         Self {
             registry,
             requests,
             latency,
             cache,
+            import_depth,
+            import_jobs,
+            import_items,
+            import_claims,
+            import_retries,
         }
     }
 }
@@ -113,6 +161,35 @@ impl Metrics {
     /// Counts a cache outcome: `hit`, `miss` or `error`.
     pub fn cache(&self, outcome: &'static str) {
         self.cache.get_or_create(&CacheLabels { outcome }).inc();
+    }
+
+    /// Sets the import queue depth.
+    pub fn import_depth(&self, jobs: u64) {
+        self.import_depth.set(i64::try_from(jobs).unwrap_or(i64::MAX));
+    }
+
+    /// Counts a job entering `state`.
+    pub fn import_job(&self, state: &'static str) {
+        self.import_jobs.get_or_create(&ImportLabels { kind: state }).inc();
+    }
+
+    /// Counts `n` items recorded with `outcome`.
+    pub fn import_items(&self, outcome: &'static str, n: u64) {
+        if n > 0 {
+            self.import_items
+                .get_or_create(&ImportLabels { kind: outcome })
+                .inc_by(n);
+        }
+    }
+
+    /// Counts a claim: `first`, `reclaimed` or `republished`.
+    pub fn import_claim(&self, kind: &'static str) {
+        self.import_claims.get_or_create(&ImportLabels { kind }).inc();
+    }
+
+    /// Counts a batch retried after a store fault.
+    pub fn import_retry(&self) {
+        self.import_retries.inc();
     }
 
     /// The Prometheus text exposition of every metric.

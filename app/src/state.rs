@@ -2,6 +2,7 @@
 
 use crate::cache::{Cache, Lookup};
 use crate::domain::{Config, ConfigName};
+use crate::imports::Imports;
 use crate::metrics::Metrics;
 use crate::store::{DynStore, StoreError};
 use shared::Secret;
@@ -23,6 +24,8 @@ pub struct AppState {
     pub api_token: Option<Arc<Secret<String>>>,
     /// Largest accepted body, in bytes.
     pub max_body: usize,
+    /// Bulk imports: the job records and the queue.
+    pub imports: Imports,
     /// Set once shutdown begins; `/readyz` then answers 503.
     pub draining: Arc<AtomicBool>,
 }

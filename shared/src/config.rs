@@ -13,6 +13,7 @@
 //! environment unless the caller builds [`Sources::from_process`]; tests
 //! inject a map instead.
 
+use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -158,6 +159,30 @@ fn read_toml(path: &Path, problems: &mut Vec<Problem>) -> toml::Table {
 }
 
 /// Overlays environment values, then `_FILE` values, onto `table`.
+/// `deserialize_with` for a numeric key an environment variable may set:
+/// variables are text, so this takes a number or a string holding one
+/// (`APP_WORKER_CONCURRENCY=4` and `concurrency = 4` mean the same).
+pub fn number<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de> + std::str::FromStr,
+{
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum NumberOrText<T> {
+        Number(T),
+        Text(String),
+    }
+    match NumberOrText::<T>::deserialize(deserializer) {
+        Ok(NumberOrText::Number(n)) => Ok(n),
+        Ok(NumberOrText::Text(text)) => text
+            .trim()
+            .parse()
+            .map_err(|_| serde::de::Error::custom(format!("expected a whole number in range, got {text:?}"))),
+        Err(_) => Err(serde::de::Error::custom("expected a whole number in range")),
+    }
+}
+
 fn apply_env(
     table: &mut toml::Table,
     env: &BTreeMap<String, String>,

@@ -23,7 +23,7 @@ pub struct Config {
 }
 
 /// One invalid field: a JSON pointer into the request body and why.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FieldError {
     /// RFC 6901 pointer into the request body, e.g. `/data/0/$where`.
     pub pointer: String,

@@ -2,6 +2,7 @@
 //! parsed into these types first; stores and caches only ever see valid data.
 
 mod document;
+pub mod import;
 mod name;
 mod query;
 mod search;

@@ -17,7 +17,8 @@ pub struct QueryError {
 }
 
 impl QueryError {
-    fn new(param: impl Into<String>, detail: impl Into<String>) -> Self {
+    /// A problem with the query parameter `param`.
+    pub fn new(param: impl Into<String>, detail: impl Into<String>) -> Self {
         Self {
             param: param.into(),
             detail: detail.into(),

@@ -78,7 +78,7 @@ impl FromRequest<AppState> for JsonBody {
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
         if !is_json(req.headers().get(header::CONTENT_TYPE)) {
-            return Err(ApiError::UnsupportedMediaType);
+            return Err(ApiError::UnsupportedMediaType("application/json"));
         }
         let max = state.max_body;
         let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
@@ -101,7 +101,7 @@ impl FromRequest<AppState> for JsonBody {
     }
 }
 
-fn is_json(content_type: Option<&header::HeaderValue>) -> bool {
+pub(super) fn is_json(content_type: Option<&header::HeaderValue>) -> bool {
     let Some(essence) = content_type
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())

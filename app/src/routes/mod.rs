@@ -4,6 +4,7 @@
 mod configs;
 mod extract;
 mod health;
+mod imports;
 mod search;
 
 use crate::errors::{ApiError, REQUEST_ID};
@@ -12,7 +13,7 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use std::time::Instant;
 use tower::ServiceBuilder;
 use tower_http::trace::TraceLayer;
@@ -22,7 +23,17 @@ use shared::request_id::HEADER as X_REQUEST_ID;
 /// The API router with its middleware, outermost first.
 pub fn api(state: AppState) -> Router {
     let max_body = state.max_body;
+    let max_import = usize::try_from(state.imports.settings.max_body.as_u64()).unwrap_or(usize::MAX);
     Router::new()
+        // Imports have their own body bound; this layer, inside the
+        // router-wide one below, takes precedence on these routes.
+        .route(
+            "/imports",
+            post(imports::submit)
+                .get(imports::list)
+                .layer(DefaultBodyLimit::max(max_import)),
+        )
+        .route("/imports/{id}", get(imports::read))
         .route("/configs", get(configs::list).post(configs::create))
         .route("/configs/", get(configs::list).post(configs::create))
         .route(

@@ -6,11 +6,13 @@
 //!
 //! Both pass the same contract suite (`tests/store_contract.rs`).
 
+pub mod jobs;
 pub mod mongo;
 pub mod sqlite;
 
 use crate::domain::{Config, ConfigName, SearchQuery, SearchResults};
 use async_trait::async_trait;
+use std::collections::HashSet;
 use std::sync::Arc;
 
 /// Why a store operation failed.
@@ -71,6 +73,19 @@ pub trait Store: std::fmt::Debug + Send + Sync + 'static {
     /// elements: memory is bounded by the page and one candidate (plus the
     /// driver's batch), never by the number of matches.
     async fn search(&self, query: &SearchQuery) -> Result<SearchResults, StoreError>;
+
+    /// Which of `names` the store holds (one query: imports plan a batch
+    /// with it).
+    async fn existing_names(&self, names: &[&ConfigName]) -> Result<HashSet<String>, StoreError>;
+
+    /// Stores new configs in one batch (a MongoDB unordered bulk insert, one
+    /// SQLite transaction); a name that is taken is skipped, not an error,
+    /// and returned.
+    async fn insert_many(&self, configs: &[Config]) -> Result<Vec<String>, StoreError>;
+
+    /// Creates or replaces the data of each config in one batch; names must
+    /// be distinct.
+    async fn upsert_many(&self, configs: &[Config]) -> Result<(), StoreError>;
 }
 
 /// A shared store handle.

@@ -14,6 +14,8 @@
 //! created at start-up; if MongoDB is down then, it is created before the
 //! first write once MongoDB answers, so no duplicate can ever slip in.
 
+mod jobs;
+
 use super::{Replaced, Store, StoreError};
 use crate::domain::{Config, ConfigName, PageCollector, SearchQuery, SearchResults};
 use async_trait::async_trait;
@@ -22,6 +24,7 @@ use mongodb::bson::{Bson, Document, doc};
 use mongodb::error::{ErrorKind, WriteFailure};
 use mongodb::options::{ClientOptions, CreateIndexOptions, IndexOptions, ReturnDocument};
 use mongodb::{Client, Collection, IndexModel};
+use std::collections::HashSet;
 use std::future::{Future, IntoFuture};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -65,6 +68,9 @@ impl MongoStore {
             timeout,
             index_ready: AtomicBool::new(false),
         };
+        if let Err(error) = store.ensure_job_indexes().await {
+            tracing::warn!(%error, "MongoDB import indexes not created at start-up; retried on first import");
+        }
         if let Err(error) = store.ensure_index().await {
             tracing::warn!(%error, "MongoDB not reachable at start-up; the unique index will be created on first use");
         }
@@ -264,6 +270,86 @@ impl Store for MongoStore {
             Ok(page.finish())
         })
         .await
+    }
+
+    async fn existing_names(&self, names: &[&ConfigName]) -> Result<HashSet<String>, StoreError> {
+        let names: Vec<&str> = names.iter().map(|n| n.as_str()).collect();
+        let found: Vec<Document> = self
+            .run(async {
+                self.raw()
+                    .find(doc! { "name": { "$in": names } })
+                    .projection(doc! { "_id": 0, "name": 1 })
+                    .max_time(self.timeout)
+                    .await?
+                    .try_collect()
+                    .await
+            })
+            .await?;
+        Ok(found
+            .iter()
+            .filter_map(|d| d.get_str("name").ok().map(str::to_string))
+            .collect())
+    }
+
+    async fn insert_many(&self, configs: &[Config]) -> Result<Vec<String>, StoreError> {
+        if configs.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.ensure_index().await?;
+        let inserted = bounded(
+            self.configs.insert_many(configs).ordered(false).into_future(),
+            self.timeout,
+        )
+        .await?;
+        let Err(error) = inserted else {
+            return Ok(Vec::new());
+        };
+        // Unordered: every other document is in; report the taken names.
+        if let ErrorKind::InsertMany(failure) = error.kind.as_ref() {
+            let write_errors = failure.write_errors.as_deref().unwrap_or_default();
+            if failure.write_concern_error.is_none() && write_errors.iter().all(|w| w.code == 11000) {
+                return Ok(write_errors
+                    .iter()
+                    .filter_map(|w| configs.get(w.index))
+                    .map(|c| c.name.as_str().to_string())
+                    .collect());
+            }
+        }
+        Err(map_error(error))
+    }
+
+    async fn upsert_many(&self, configs: &[Config]) -> Result<(), StoreError> {
+        if configs.is_empty() {
+            return Ok(());
+        }
+        self.ensure_index().await?;
+        let updates = configs
+            .iter()
+            .map(|c| {
+                Ok(doc! {
+                    "q": { "name": c.name.as_str() },
+                    "u": { "$set": { "data": to_bson(&c.data)? } },
+                    "upsert": true,
+                })
+            })
+            .collect::<Result<Vec<Document>, StoreError>>()?;
+        let command = doc! {
+            "update": self.configs.name(),
+            "updates": updates,
+            "ordered": false,
+        };
+        let reply = self
+            .run(self.client.database(&self.configs.namespace().db).run_command(command))
+            .await?;
+        match reply.get_array("writeErrors") {
+            Ok(errors) if !errors.is_empty() => Err(StoreError::Unavailable(format!(
+                "{} of {} upserts failed, first: {:?}",
+                errors.len(),
+                configs.len(),
+                errors[0]
+            ))),
+            _ => Ok(()),
+        }
     }
 }
 

@@ -5,10 +5,13 @@
 //! connection from a small pool; WAL lets readers run beside the writer, and
 //! `busy_timeout` makes writers of several processes queue instead of fail.
 
+mod jobs;
+
 use super::{Replaced, Store, StoreError};
 use crate::domain::{Config, ConfigName, DataElement, PageCollector, SearchQuery, SearchResults};
 use async_trait::async_trait;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -52,6 +55,7 @@ impl SqliteStore {
              );",
         )
         .map_err(internal)?;
+        conn.execute_batch(jobs::SCHEMA).map_err(internal)?;
         pool.put(conn);
         Ok(Self {
             pool: Arc::new(pool),
@@ -63,6 +67,29 @@ impl SqliteStore {
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Runs `f` in one transaction (`BEGIN IMMEDIATE`: it takes the write
+    /// lock first, so it never fails half-way on another process's lock).
+    async fn with_transaction<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.with_conn(move |c| {
+            c.execute_batch("BEGIN IMMEDIATE").map_err(internal)?;
+            match f(c) {
+                Ok(value) => {
+                    c.execute_batch("COMMIT").map_err(internal)?;
+                    Ok(value)
+                }
+                Err(e) => {
+                    let _ = c.execute_batch("ROLLBACK");
+                    Err(e)
+                }
+            }
+        })
+        .await
     }
 
     /// Runs `f` with a pooled connection on the blocking pool.
@@ -251,6 +278,63 @@ impl Store for SqliteStore {
         })
         .await
     }
+
+    async fn existing_names(&self, names: &[&ConfigName]) -> Result<HashSet<String>, StoreError> {
+        let names: Vec<String> = names.iter().map(|n| n.as_str().to_string()).collect();
+        self.with_conn(move |c| {
+            let mut found = HashSet::new();
+            let mut stmt = c
+                .prepare_cached("SELECT 1 FROM configs WHERE name = ?1")
+                .map_err(internal)?;
+            for name in names {
+                if stmt.exists([&name]).map_err(internal)? {
+                    found.insert(name);
+                }
+            }
+            Ok(found)
+        })
+        .await
+    }
+
+    async fn insert_many(&self, configs: &[Config]) -> Result<Vec<String>, StoreError> {
+        let rows = encode_all(configs)?;
+        self.with_transaction(move |c| {
+            let mut stmt = c
+                .prepare_cached("INSERT INTO configs (name, data) VALUES (?1, ?2) ON CONFLICT (name) DO NOTHING")
+                .map_err(internal)?;
+            let mut taken = Vec::new();
+            for (name, data) in rows {
+                if stmt.execute(params![name, data]).map_err(internal)? == 0 {
+                    taken.push(name);
+                }
+            }
+            Ok(taken)
+        })
+        .await
+    }
+
+    async fn upsert_many(&self, configs: &[Config]) -> Result<(), StoreError> {
+        let rows = encode_all(configs)?;
+        self.with_transaction(move |c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "INSERT INTO configs (name, data) VALUES (?1, ?2) ON CONFLICT (name) DO UPDATE SET data = excluded.data",
+                )
+                .map_err(internal)?;
+            for (name, data) in rows {
+                stmt.execute(params![name, data]).map_err(internal)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+}
+
+fn encode_all(configs: &[Config]) -> Result<Vec<(String, String)>, StoreError> {
+    configs
+        .iter()
+        .map(|c| Ok((c.name.as_str().to_string(), encode(&c.data)?)))
+        .collect()
 }
 
 /// Narrows by name and, per condition, by the text or numeric value at the

@@ -8,7 +8,7 @@ pub mod redis;
 pub mod tcp_proxy;
 
 use app::config::AppConfig;
-use app::startup::Application;
+use app::startup::{Application, Role};
 use reqwest::{Method, RequestBuilder, StatusCode};
 use serde_json::Value;
 use shared::Sources;
@@ -64,6 +64,9 @@ pub struct Options {
     pub token: Option<String>,
     /// Extra environment variables (override the defaults set here).
     pub env: Vec<(String, String)>,
+    /// Run as `app worker` (import workers only; `addr` is then the admin
+    /// listener's).
+    pub worker_role: bool,
 }
 
 /// A running app and what a test needs to talk to it.
@@ -120,8 +123,10 @@ pub async fn spawn_with(backend: Backend, options: Options) -> TestApp {
     let env = test_env(backend, dir.path(), &options);
     let sources = Sources::from_pairs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     let config = AppConfig::load(&sources).expect("test config is valid");
-    let app = Application::build(config).await.expect("app builds");
-    let (addr, admin) = (app.api_addr(), app.admin_addr());
+    let role = if options.worker_role { Role::Worker } else { Role::Api };
+    let app = Application::build_as(config, role).await.expect("app builds");
+    let admin = app.admin_addr();
+    let addr = if options.worker_role { admin } else { app.api_addr() };
     let stop = CancellationToken::new();
     let handle = tokio::spawn(app.run_until_stopped(stop.clone()));
     TestApp {
@@ -260,6 +265,21 @@ macro_rules! on_both_backends {
         }
         mod mongodb_and_redis {
             $(#[tokio::test] async fn $case() { super::$case(super::spawn(super::Backend::MongoRedis).await).await; })*
+        }
+    };
+}
+
+/// Runs each named case (an `async fn(Backend)` in the test file) on both
+/// backends, as two tests: `embedded::CASE` and `mongodb_and_redis::CASE`,
+/// for cases that start their own apps.
+#[allow(unused_macros)]
+macro_rules! on_both_backends_with {
+    ($($case:ident),* $(,)?) => {
+        mod embedded {
+            $(#[tokio::test] async fn $case() { super::$case(super::Backend::Embedded).await; })*
+        }
+        mod mongodb_and_redis {
+            $(#[tokio::test] async fn $case() { super::$case(super::Backend::MongoRedis).await; })*
         }
     };
 }

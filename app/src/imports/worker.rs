@@ -1,0 +1,404 @@
+//! Import workers: `worker.concurrency` jobs at once per process (inside
+//! every app replica, or in `app worker` processes of their own).
+//!
+//! A worker takes a job ([`super::Queue`]), then for each batch from the
+//! job's `next_batch`: moves its lease on (and, on Redis, its entry's idle
+//! time), decides the batch's outcomes once (stored before any write),
+//! writes the batch in one bulk write, invalidates the cached names, and
+//! records the batch. A store fault retries the batch after
+//! `worker.poll_interval`, holding the job; any other fault fails the job.
+//! On shutdown a worker stops at a batch boundary and gives its job back at
+//! once. Every state change is one log line with the job id and the id of
+//! the request that created the job.
+//!
+//! Each pool also repairs the queue every half `claim_idle`: it reads the
+//! queue depth from the store and, on Redis, puts back every unfinished job
+//! that no live lease holds and whose stream entry is gone.
+
+use super::redis_queue::{Entry, RedisQueue};
+use super::{Imports, Queue, now_ms};
+use crate::cache::Cache;
+use crate::config::WorkerSettings;
+use crate::domain::import::{self, Counts, Job, JobState};
+use crate::domain::{ConfigName, new_config};
+use crate::store::{DynStore, StoreError};
+use serde_json::Value;
+use shared::shutdown::{CancellationToken, TaskTracker};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+/// One process's workers.
+#[derive(Debug)]
+pub struct Workers {
+    /// The configs store the items go to.
+    pub store: DynStore,
+    /// The read cache whose entries a write drops.
+    pub cache: Option<Cache>,
+    /// Jobs and their queue.
+    pub imports: Imports,
+    /// `[worker]`.
+    pub settings: WorkerSettings,
+    /// This process's name in leases and in the consumer group.
+    pub id: String,
+}
+
+/// A job taken by a worker.
+#[derive(Debug)]
+struct Delivery {
+    job: Job,
+    /// The stream entry that carried it (Redis).
+    entry: Option<String>,
+}
+
+/// How a batch went.
+enum Step {
+    Next,
+    Retry,
+    LostLease,
+    Fail(String),
+}
+
+impl Workers {
+    /// Runs until `stop` fires, then waits for every job in hand to reach a
+    /// batch boundary and be given back.
+    pub async fn run(self: Arc<Self>, stop: CancellationToken) {
+        tracing::info!(worker = %self.id, concurrency = self.settings.concurrency, "import workers started");
+        let slots = Arc::new(Semaphore::new(self.settings.concurrency));
+        let tasks = TaskTracker::new();
+        tasks.spawn(self.clone().repair(stop.clone()));
+        let mut last_autoclaim: Option<Instant> = None;
+        loop {
+            let permit = tokio::select! {
+                () = stop.cancelled() => break,
+                permit = slots.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+            };
+            let next = tokio::select! {
+                () = stop.cancelled() => break,
+                next = self.next(&mut last_autoclaim) => next,
+            };
+            if let Some(delivery) = next {
+                let (me, stop) = (self.clone(), stop.clone());
+                let span = tracing::info_span!("import", job = %delivery.job.id, request_id = %delivery.job.request_id);
+                tasks.spawn(
+                    async move {
+                        me.work(delivery, &stop).await;
+                        drop(permit);
+                    }
+                    .instrument(span),
+                );
+            }
+        }
+        tasks.close();
+        tasks.wait().await;
+        tracing::info!(worker = %self.id, "import workers stopped");
+    }
+
+    fn lease(&self) -> (u64, u64) {
+        let now = now_ms();
+        let idle = u64::try_from(self.settings.claim_idle.as_millis()).unwrap_or(u64::MAX);
+        (now, now.saturating_add(idle))
+    }
+
+    /// The next job, or `None` after waiting a while for one.
+    async fn next(&self, last_autoclaim: &mut Option<Instant>) -> Option<Delivery> {
+        match &*self.imports.queue {
+            Queue::Store => {
+                let (now, until) = self.lease();
+                match self.imports.jobs.claim(None, &self.id, now, until).await {
+                    Ok(Some(job)) => return Some(Delivery { job, entry: None }),
+                    Ok(None) => {}
+                    Err(error) => tracing::warn!(%error, "import queue: cannot look for a job in the store"),
+                }
+                tokio::select! {
+                    () = self.imports.wake.notified() => {}
+                    () = tokio::time::sleep(self.settings.poll_interval) => {}
+                }
+                None
+            }
+            Queue::Redis(queue) => {
+                let due = last_autoclaim.is_none_or(|at| at.elapsed() >= self.settings.claim_idle / 2);
+                let mut read = Ok(None);
+                if due {
+                    *last_autoclaim = Some(Instant::now());
+                    read = queue.autoclaim(self.settings.claim_idle).await;
+                }
+                if matches!(read, Ok(None)) {
+                    read = queue.read().await;
+                }
+                match read {
+                    Ok(Some(entry)) => self.take(queue, entry).await,
+                    Ok(None) => None,
+                    Err(error) => {
+                        tracing::warn!(%error, "import queue: Redis read failed");
+                        tokio::time::sleep(self.settings.poll_interval).await;
+                        None
+                    }
+                }
+            }
+        }
+    }
+
+    /// Leases the job a stream entry carries. An entry whose job is
+    /// finished or unknown is removed; one whose job another worker holds
+    /// stays pending, for `XAUTOCLAIM` to bring back if that worker dies.
+    async fn take(&self, queue: &RedisQueue, entry: Entry) -> Option<Delivery> {
+        let (now, until) = self.lease();
+        match self.imports.jobs.claim(Some(&entry.job), &self.id, now, until).await {
+            Ok(Some(job)) => Some(Delivery {
+                job,
+                entry: Some(entry.id),
+            }),
+            Ok(None) => {
+                if let Ok(None)
+                | Ok(Some(Job {
+                    state: JobState::Done | JobState::Failed,
+                    ..
+                })) = self.imports.jobs.job(&entry.job).await
+                {
+                    let _ = queue.done(&entry.id).await;
+                }
+                None
+            }
+            Err(error) => {
+                tracing::warn!(job = %entry.job, %error, "import queue: cannot lease a delivered job");
+                None
+            }
+        }
+    }
+
+    async fn work(&self, delivery: Delivery, stop: &CancellationToken) {
+        let job = &delivery.job;
+        let metrics = &self.imports.metrics;
+        metrics.import_claim(if job.attempts <= 1 { "first" } else { "reclaimed" });
+        metrics.import_job(JobState::Running.as_str());
+        if job.attempts > self.settings.max_attempts {
+            let why = format!("gave up after {} attempts", self.settings.max_attempts);
+            self.end(&delivery, JobState::Failed, Some(&why)).await;
+            return;
+        }
+        tracing::info!(state = "running", attempt = job.attempts, next_batch = job.next_batch, batches = job.batches, worker = %self.id, "import running");
+        let mut n = job.next_batch;
+        while n < job.batches {
+            if stop.is_cancelled() {
+                self.give_back(&delivery).await;
+                return;
+            }
+            match self.step(&delivery, n).await {
+                Step::Next => n += 1,
+                Step::Retry => {
+                    metrics.import_retry();
+                    tokio::select! {
+                        () = stop.cancelled() => {}
+                        () = tokio::time::sleep(self.settings.poll_interval) => {}
+                    }
+                }
+                Step::LostLease => {
+                    tracing::warn!(
+                        batch = n,
+                        "import taken over by another worker (this one was too slow); leaving it"
+                    );
+                    return;
+                }
+                Step::Fail(why) => {
+                    self.end(&delivery, JobState::Failed, Some(&why)).await;
+                    return;
+                }
+            }
+        }
+        self.end(&delivery, JobState::Done, None).await;
+    }
+
+    /// Keeps the lease, then writes and records batch `n`.
+    async fn step(&self, delivery: &Delivery, n: u32) -> Step {
+        let job = &delivery.job;
+        let (_, until) = self.lease();
+        match self.imports.jobs.renew(&job.id, &self.id, until).await {
+            Ok(true) => {}
+            Ok(false) => return Step::LostLease,
+            Err(error) => return self.fault(n, error),
+        }
+        if let (Queue::Redis(queue), Some(entry)) = (&*self.imports.queue, &delivery.entry) {
+            if let Err(error) = queue.touch(entry).await {
+                tracing::debug!(%error, "import queue: entry not touched");
+            }
+        }
+        match self.batch(job, n).await {
+            Ok(()) => Step::Next,
+            Err(error) => self.fault(n, error),
+        }
+    }
+
+    fn fault(&self, n: u32, error: StoreError) -> Step {
+        match error {
+            StoreError::Unavailable(why) => {
+                tracing::warn!(batch = n, error = %why, "import batch waits: the store is unavailable");
+                Step::Retry
+            }
+            other => Step::Fail(format!("batch {n}: {other}")),
+        }
+    }
+
+    /// Plans (once), writes and records batch `n`.
+    async fn batch(&self, job: &Job, n: u32) -> Result<(), StoreError> {
+        let jobs = &self.imports.jobs;
+        let stored = jobs.batch(&job.id, n).await?;
+        let raw: Vec<Value> = serde_json::from_str(&stored.items)
+            .map_err(|e| StoreError::Internal(format!("stored batch is not a JSON array: {e}")))?;
+        let items: Vec<_> = raw.iter().cloned().map(new_config).collect();
+        let (mut outcomes, fresh) = match stored.plan {
+            Some(plan) => (plan, false),
+            None => {
+                let names: Vec<&ConfigName> = items.iter().flatten().map(|c| &c.name).collect();
+                let existing = self.store.existing_names(&names).await?;
+                let plan = import::plan(job.mode, &items, &existing);
+                let kept = jobs.keep_plan(&job.id, n, &plan).await?;
+                let fresh = kept == plan;
+                (kept, fresh)
+            }
+        };
+        let writes = import::writes(job.mode, &items, &outcomes);
+        let written: Vec<ConfigName> = writes.iter().map(|c| c.name.clone()).collect();
+        let outcome = match job.mode {
+            import::Mode::Create => self.store.insert_many(&writes).await,
+            import::Mode::Upsert => self.store.upsert_many(&writes).await.map(|()| Vec::new()),
+        };
+        // Whatever the outcome, the batch may have landed in part.
+        if let Some(cache) = &self.cache {
+            cache.invalidate_many(&written).await;
+        }
+        let taken = outcome?;
+        if fresh && !taken.is_empty() {
+            // A single write took these names after the plan read them
+            // free: they are conflicts, not creations.
+            for (item, outcome) in items.iter().zip(outcomes.iter_mut()) {
+                if let (Ok(config), import::Outcome::Created) = (item, *outcome) {
+                    if taken.iter().any(|t| t == config.name.as_str()) {
+                        *outcome = import::Outcome::Conflict;
+                    }
+                }
+            }
+        }
+        let errors = import::item_errors(stored.first, &raw, &items, &outcomes);
+        let counts = Counts::of(&outcomes);
+        if jobs.record_batch(&job.id, n, counts, &errors).await? {
+            let metrics = &self.imports.metrics;
+            metrics.import_items("created", counts.created);
+            metrics.import_items("updated", counts.updated);
+            metrics.import_items("invalid", counts.invalid);
+            metrics.import_items("conflict", counts.conflicts);
+        }
+        Ok(())
+    }
+
+    /// Ends a job and removes its queue entry.
+    async fn end(&self, delivery: &Delivery, state: JobState, error: Option<&str>) {
+        let job = &delivery.job;
+        match self
+            .imports
+            .jobs
+            .finish(&job.id, &self.id, state, error, now_ms())
+            .await
+        {
+            Ok(true) => {
+                self.imports.metrics.import_job(state.as_str());
+                if let Ok(depth) = self.imports.jobs.unfinished_jobs().await {
+                    self.imports.metrics.import_depth(depth);
+                }
+                let counts = match self.imports.jobs.job(&job.id).await {
+                    Ok(Some(now)) => now.counts,
+                    _ => Counts::default(),
+                };
+                let elapsed_ms = now_ms().saturating_sub(job.started_at.unwrap_or(job.created_at));
+                match error {
+                    None => tracing::info!(
+                        state = state.as_str(),
+                        total = job.total,
+                        created = counts.created,
+                        updated = counts.updated,
+                        invalid = counts.invalid,
+                        conflicts = counts.conflicts,
+                        elapsed_ms,
+                        "import done"
+                    ),
+                    Some(why) => tracing::error!(
+                        state = state.as_str(),
+                        error = why,
+                        created = counts.created,
+                        updated = counts.updated,
+                        "import failed"
+                    ),
+                }
+            }
+            Ok(false) => tracing::warn!("import finished by another worker"),
+            Err(error) => {
+                tracing::warn!(%error, "import not marked finished; the next worker to take it will");
+                return;
+            }
+        }
+        if let (Queue::Redis(queue), Some(entry)) = (&*self.imports.queue, &delivery.entry) {
+            if let Err(error) = queue.done(entry).await {
+                tracing::warn!(%error, "import queue: finished job's entry not removed; it is dropped when next read");
+            }
+        }
+    }
+
+    /// Gives a job back on shutdown: releases the lease and, on Redis,
+    /// queues it afresh so another worker takes it now.
+    async fn give_back(&self, delivery: &Delivery) {
+        let job = &delivery.job;
+        if let Err(error) = self.imports.jobs.release(&job.id, &self.id).await {
+            tracing::warn!(%error, "import not released; another worker takes it after claim_idle");
+            return;
+        }
+        if let (Queue::Redis(queue), Some(entry)) = (&*self.imports.queue, &delivery.entry) {
+            if let Ok(fresh) = queue.publish(&job.id).await {
+                let _ = self.imports.jobs.set_queue_ref(&job.id, &fresh).await;
+                let _ = queue.done(entry).await;
+            }
+        }
+        tracing::info!(state = "queued", "import given back (shutting down)");
+        self.imports.metrics.import_job(JobState::Queued.as_str());
+    }
+
+    /// Every half `claim_idle`: the queue depth, and on Redis the jobs the
+    /// stream lost.
+    async fn repair(self: Arc<Self>, stop: CancellationToken) {
+        let period = (self.settings.claim_idle / 2).max(Duration::from_millis(100));
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(period) => {}
+            }
+            if let Ok(depth) = self.imports.jobs.unfinished_jobs().await {
+                self.imports.metrics.import_depth(depth);
+            }
+            let Queue::Redis(queue) = &*self.imports.queue else {
+                continue;
+            };
+            let orphans = match self.imports.jobs.orphans(now_ms()).await {
+                Ok(orphans) => orphans,
+                Err(error) => {
+                    tracing::warn!(%error, "import repair: cannot read unfinished jobs");
+                    continue;
+                }
+            };
+            for orphan in orphans {
+                let held = match &orphan.queue_ref {
+                    Some(entry) => queue.holds(entry).await,
+                    None => Ok(false),
+                };
+                if !matches!(held, Ok(false)) {
+                    continue;
+                }
+                if let Ok(entry) = queue.publish(&orphan.id).await {
+                    let _ = self.imports.jobs.set_queue_ref(&orphan.id, &entry).await;
+                    self.imports.metrics.import_claim("republished");
+                    tracing::warn!(job = %orphan.id, "import put back on the queue: its entry was lost (Redis restarted without its data?)");
+                }
+            }
+        }
+    }
+}
