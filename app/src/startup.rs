@@ -20,7 +20,7 @@ use anyhow::Context;
 use shared::shutdown::CancellationToken;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::net::TcpListener;
 
@@ -122,6 +122,7 @@ impl Application {
                 imports: imports.clone(),
                 settings: config.worker.clone(),
                 id: worker_id,
+                queue_down: AtomicBool::new(false),
             })
         });
         if config.auth.api_token.is_none() {

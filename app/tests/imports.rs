@@ -469,6 +469,7 @@ async fn redis_restarted_empty_loses_no_accepted_job() {
         ("REDIS_URL", &redis.url()),
         ("REDIS_KEY_PREFIX", prefix.as_str()),
         ("APP_WORKER_CONCURRENCY", "0"),
+        ("APP_IMPORTS_BATCH_SIZE", "20"),
     ];
     let api = spawn_with(Backend::MongoRedis, options(&env)).await;
     let items: Vec<Value> = (0..300)
@@ -511,4 +512,70 @@ async fn redis_restarted_empty_loses_no_accepted_job() {
     );
     worker.stop().await.expect("stops");
     api.stop().await.expect("stops");
+}
+
+/// A worker stopped mid-job (SIGTERM's path) gives the job back at a batch
+/// boundary: another worker takes it at once, not after `claim_idle`, and
+/// the give-back is not counted as an attempt.
+async fn a_stopping_worker_gives_its_job_back_at_once(backend: Backend) {
+    let dir = tempfile::tempdir().expect("dir");
+    let (database, prefix) = (common::unique("stop"), common::unique("stop"));
+    let data_dir = dir.path().display().to_string();
+    let env = [
+        ("APP_DATA_DIR", data_dir.as_str()),
+        ("MONGODB_DATABASE", database.as_str()),
+        ("REDIS_KEY_PREFIX", prefix.as_str()),
+        ("APP_IMPORTS_BATCH_SIZE", "20"),
+        ("APP_WORKER_POLL_INTERVAL", "100ms"),
+    ];
+    let mut api_env = env.to_vec();
+    api_env.push(("APP_WORKER_CONCURRENCY", "0"));
+    let api = spawn_with(backend, options(&api_env)).await;
+    let worker = || {
+        spawn_with(
+            backend,
+            Options {
+                worker_role: true,
+                ..options(&env)
+            },
+        )
+    };
+    let first = worker().await;
+    let items: Vec<Value> = (0..4000)
+        .map(|i| json!({"name": format!("g{i:04}"), "data": []}))
+        .collect();
+    let location = accepted(&api, "", &items).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while job(&api, &location).await["processed"].as_u64().unwrap_or(0) == 0 {
+        assert!(Instant::now() < deadline, "the worker never started the job");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    first.stop().await.expect("stops");
+    let given_back = job(&api, &location).await;
+    assert!(
+        given_back["processed"].as_u64().unwrap_or(0) < 4000,
+        "finished before the stop: {given_back}"
+    );
+    let second = worker().await;
+    // claim_idle is 30 s: only a give-back lets it finish this soon.
+    let done = finished(&api, &location, Duration::from_secs(20)).await;
+    assert_eq!(done["counts"]["created"], 4000, "{done}");
+    assert_eq!(done["attempts"], 1, "{done}");
+    assert_eq!(api.all_names().await.len(), 4000);
+    second.stop().await.expect("stops");
+    api.stop().await.expect("stops");
+}
+
+mod stopping {
+    use super::*;
+
+    #[tokio::test]
+    async fn embedded() {
+        a_stopping_worker_gives_its_job_back_at_once(Backend::Embedded).await;
+    }
+
+    #[tokio::test]
+    async fn mongodb_and_redis() {
+        a_stopping_worker_gives_its_job_back_at_once(Backend::MongoRedis).await;
+    }
 }

@@ -81,6 +81,13 @@ async fn every_read_count_and_find_and_modify_carries_the_store_timeout_as_max_t
     let query = SearchQuery::parse(Some("data.k=2")).expect("query");
     assert_eq!(store.search(&query).await.expect("search").total, 1);
     assert!(store.delete(&a).await.expect("delete"));
+    // The batch writes and the import job store, as a worker uses them.
+    let batch = [config("b", json!([])), config("c", json!([]))];
+    assert!(store.insert_many(&batch).await.expect("insert_many").is_empty());
+    store.upsert_many(&batch).await.expect("upsert_many");
+    let names: Vec<&ConfigName> = batch.iter().map(|c| &c.name).collect();
+    assert_eq!(store.existing_names(&names).await.expect("existing").len(), 2);
+    common::exercise_job_store(&store).await;
 
     let seen = seen.lock().expect("lock");
     assert!(seen.failed.is_empty(), "the server refused: {:?}", seen.failed);

@@ -3,7 +3,9 @@
 
 mod common;
 
+use app::domain::import::{Batch, Counts, Job, JobState, Mode};
 use app::domain::{Config, ConfigName, SearchQuery, SearchResults};
+use app::store::jobs::JobStore;
 use app::store::mongo::MongoStore;
 use app::store::sqlite::SqliteStore;
 use app::store::{Replaced, Store, StoreError};
@@ -40,7 +42,132 @@ contract!(
     search_pages_by_name_then_index_and_counts_every_match,
     ping_answers,
     numbers_come_back_exactly_as_sent,
+    batch_writes_skip_taken_names_and_upsert_replaces,
+    the_import_job_store_keeps_a_job_through_its_life,
+    a_leased_job_is_claimed_again_only_when_its_lease_runs_out,
 );
+
+async fn batch_writes_skip_taken_names_and_upsert_replaces<S: Store>(store: &S) {
+    store.insert(&config("b", json!([{ "v": 0 }]))).await.expect("insert");
+    let batch = [
+        config("a", json!([{ "v": 1 }])),
+        config("b", json!([{ "v": 1 }])),
+        config("c", json!([])),
+    ];
+    assert_eq!(store.insert_many(&batch).await.expect("insert_many"), ["b"]);
+    assert_eq!(
+        store.get(&name("b")).await.expect("get").expect("b").data,
+        config("b", json!([{ "v": 0 }])).data
+    );
+    let names = [name("a"), name("b"), name("x")];
+    let refs: Vec<&ConfigName> = names.iter().collect();
+    let mut found: Vec<String> = store
+        .existing_names(&refs)
+        .await
+        .expect("existing")
+        .into_iter()
+        .collect();
+    found.sort();
+    assert_eq!(found, ["a", "b"]);
+    let upserts = [config("b", json!([{ "v": 2 }])), config("d", json!([{ "v": 2 }]))];
+    store.upsert_many(&upserts).await.expect("upsert_many");
+    for n in ["b", "d"] {
+        assert_eq!(
+            store.get(&name(n)).await.expect("get").expect(n).data,
+            upserts[0].data,
+            "{n}"
+        );
+    }
+    assert_eq!(store.list(None, 10).await.expect("list").len(), 4);
+}
+
+async fn the_import_job_store_keeps_a_job_through_its_life<S: JobStore>(store: &S) {
+    common::exercise_job_store(store).await;
+}
+
+async fn a_leased_job_is_claimed_again_only_when_its_lease_runs_out<S: JobStore>(jobs: &S) {
+    let job = |id: &str, created_at: u64| Job {
+        id: id.into(),
+        mode: Mode::Upsert,
+        state: JobState::Queued,
+        total: 1,
+        batches: 1,
+        next_batch: 0,
+        counts: Counts::default(),
+        created_at,
+        started_at: None,
+        finished_at: None,
+        request_id: "r".into(),
+        attempts: 0,
+        error: None,
+    };
+    let batch = || {
+        [Batch {
+            first: 0,
+            items: "[]".into(),
+        }]
+    };
+    jobs.create_job(&job("bbbb", 2), &batch()).await.expect("create");
+    jobs.create_job(&job("aaaa", 1), &batch()).await.expect("create");
+    // The oldest first; a held job is not claimable while its lease runs.
+    let first = jobs.claim(None, "w1", 10, 100).await.expect("claim").expect("a job");
+    assert_eq!(first.id, "aaaa");
+    let second = jobs.claim(None, "w2", 20, 100).await.expect("claim").expect("a job");
+    assert_eq!(second.id, "bbbb");
+    assert!(jobs.claim(None, "w3", 50, 150).await.expect("claim").is_none());
+    assert!(jobs.claim(Some("aaaa"), "w3", 50, 150).await.expect("claim").is_none());
+    // Run out: another worker takes it, the first can no longer renew or finish.
+    let taken = jobs
+        .claim(Some("aaaa"), "w3", 101, 200)
+        .await
+        .expect("claim")
+        .expect("reclaimed");
+    assert_eq!((taken.attempts, taken.started_at), (2, Some(10)));
+    assert!(!jobs.renew("aaaa", "w1", 300).await.expect("renew"));
+    assert!(
+        !jobs
+            .finish("aaaa", "w1", JobState::Done, None, 102)
+            .await
+            .expect("finish")
+    );
+    // Given back: claimable at once, the attempt not counted.
+    jobs.release("aaaa", "w3").await.expect("release");
+    let again = jobs
+        .claim(None, "w4", 103, 300)
+        .await
+        .expect("claim")
+        .expect("given back");
+    assert_eq!((again.id.as_str(), again.attempts), ("aaaa", 2));
+    assert!(
+        jobs.finish("aaaa", "w4", JobState::Failed, Some("why"), 104)
+            .await
+            .expect("finish")
+    );
+    let failed = jobs.job("aaaa").await.expect("job").expect("stored");
+    assert_eq!(
+        (failed.state, failed.error.as_deref(), failed.finished_at),
+        (JobState::Failed, Some("why"), Some(104))
+    );
+    assert!(
+        jobs.claim(Some("aaaa"), "w5", 1_000, 2_000)
+            .await
+            .expect("claim")
+            .is_none(),
+        "finished"
+    );
+    assert_eq!(jobs.unfinished_jobs().await.expect("count"), 1);
+    let recent: Vec<String> = jobs
+        .recent_jobs(10)
+        .await
+        .expect("recent")
+        .into_iter()
+        .map(|j| j.id)
+        .collect();
+    assert_eq!(recent, ["bbbb", "aaaa"]);
+    jobs.set_queue_ref("bbbb", "1-0").await.expect("queue ref");
+    let orphans = jobs.orphans(1_000).await.expect("orphans");
+    assert_eq!((orphans.len(), orphans[0].queue_ref.as_deref()), (1, Some("1-0")));
+}
 
 fn config(name: &str, data: serde_json::Value) -> Config {
     serde_json::from_value(json!({ "name": name, "data": data })).expect("valid config")

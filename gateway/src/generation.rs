@@ -221,6 +221,7 @@ fn routes(config: &GatewayConfig, clients: &BTreeMap<String, Arc<UpstreamClient>
             .map(|r| Route {
                 prefix: Arc::from(r.path_prefix.as_str()),
                 upstream: clients[&r.upstream].clone(),
+                max_body: r.max_body.map(|b| b.as_u64()),
             })
             .collect(),
     )

@@ -36,6 +36,8 @@ pub struct Route {
     pub prefix: Arc<str>,
     /// Where matching requests go.
     pub upstream: Arc<UpstreamClient>,
+    /// This route's body bound, when it has its own.
+    pub max_body: Option<u64>,
 }
 
 /// The routing table, longest prefix first.
@@ -52,6 +54,11 @@ impl Routes {
     /// The prefixes, longest first (the order `find` tries them in).
     pub fn prefixes(&self) -> impl Iterator<Item = &str> {
         self.0.iter().map(|r| &*r.prefix)
+    }
+
+    /// The body bound of `path`'s route: its own, else `default`.
+    pub fn max_body(&self, path: &str, default: u64) -> u64 {
+        self.find(path).and_then(|r| r.max_body).unwrap_or(default)
     }
 
     /// The route for `path`, if any.

@@ -121,8 +121,10 @@ fn proxy_layers(shared: &Arc<Layers>, req: Request) -> ResponseFuture {
             if !places.take_client(req.extensions().get::<ClientInfo>().map(|c| c.ip)) {
                 break 'layers refuse(GatewayError::TooManyInFlight);
             }
-            // Bound the body before the proxy streams it anywhere.
-            let mut response = match limit_body(req, state.max_body, state.body_read_timeout) {
+            // Bound the body (the route's own bound, else the global one)
+            // before the proxy streams it anywhere.
+            let max_body = state.proxy.routes.max_body(req.uri().path(), state.max_body);
+            let mut response = match limit_body(req, max_body, state.body_read_timeout) {
                 // Boxed: the proxy's future is most of a request's state,
                 // and this one would otherwise carry (and copy) its size.
                 Ok(req) => Box::pin(state.proxy.forward(req, &mut log.upstream))

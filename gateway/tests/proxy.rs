@@ -427,6 +427,40 @@ async fn an_oversized_body_is_a_413_and_never_reaches_the_replica() {
 }
 
 #[tokio::test]
+async fn a_route_with_its_own_body_bound_takes_larger_bodies_than_the_rest() {
+    let rs = replicas(1).await;
+    let routes = "[limits]\nmax_body = \"1KiB\"\n\n[[routes]]\npath_prefix = \"/imports\"\nupstream = \"app\"\nmax_body = \"4KiB\"";
+    let gw = gateway_for(&addrs(&rs), "", routes).await;
+    let client = gw.client();
+    let post = |path: &str, size: usize| client.post(gw.url(path)).body(vec![b'x'; size]).send();
+    assert_eq!(post("/imports", 3000).await.expect("sent").status(), StatusCode::OK);
+    assert_eq!(
+        post("/imports/more", 4096).await.expect("sent").status(),
+        StatusCode::OK
+    );
+    assert_problem(
+        post("/imports", 5000).await.expect("sent"),
+        StatusCode::PAYLOAD_TOO_LARGE,
+    )
+    .await;
+    assert_problem(post("/echo", 3000).await.expect("sent"), StatusCode::PAYLOAD_TOO_LARGE).await;
+    // Streamed (no Content-Length): the route's bound holds too.
+    let stream = futures::stream::iter((0..10).map(|_| Ok::<_, std::io::Error>(vec![b'y'; 512])));
+    let response = client
+        .post(gw.url("/imports"))
+        .body(reqwest::Body::wrap_stream(stream))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(
+        rs[0].hits(),
+        2,
+        "only the bodies within their route's bound reached the replica"
+    );
+}
+
+#[tokio::test]
 async fn forwarding_headers_are_set_from_what_the_gateway_saw() {
     let rs = replicas(1).await;
     let gw = gateway_for(&addrs(&rs), "", "").await;

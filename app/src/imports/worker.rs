@@ -25,6 +25,7 @@ use crate::store::{DynStore, StoreError};
 use serde_json::Value;
 use shared::shutdown::{CancellationToken, TaskTracker};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
@@ -43,6 +44,9 @@ pub struct Workers {
     pub settings: WorkerSettings,
     /// This process's name in leases and in the consumer group.
     pub id: String,
+    /// Whether the last look for work failed (so an outage is logged once
+    /// when it begins and once when it ends, not every poll).
+    pub queue_down: AtomicBool,
 }
 
 /// A job taken by a worker.
@@ -75,11 +79,12 @@ impl Workers {
                 () = stop.cancelled() => break,
                 permit = slots.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
             };
-            let next = tokio::select! {
-                () = stop.cancelled() => break,
-                next = self.next(&mut last_autoclaim) => next,
-            };
-            if let Some(delivery) = next {
+            if stop.is_cancelled() {
+                break;
+            }
+            // Not cancelled mid-way: a job claimed is always worked or
+            // given back (`work` gives it back at once when stopping).
+            if let Some(delivery) = self.next(&mut last_autoclaim, &stop).await {
                 let (me, stop) = (self.clone(), stop.clone());
                 let span = tracing::info_span!("import", job = %delivery.job.id, request_id = %delivery.job.request_id);
                 tasks.spawn(
@@ -102,19 +107,40 @@ impl Workers {
         (now, now.saturating_add(idle))
     }
 
-    /// The next job, or `None` after waiting a while for one.
-    async fn next(&self, last_autoclaim: &mut Option<Instant>) -> Option<Delivery> {
+    /// Logs the queue going down or coming back, once each.
+    fn queue_health(&self, failure: Option<&dyn std::fmt::Display>) {
+        match failure {
+            Some(error) => {
+                if !self.queue_down.swap(true, Ordering::AcqRel) {
+                    tracing::warn!(%error, "import queue: cannot look for work; retrying every poll_interval");
+                }
+            }
+            None => {
+                if self.queue_down.swap(false, Ordering::AcqRel) {
+                    tracing::info!("import queue: reachable again");
+                }
+            }
+        }
+    }
+
+    /// The next job, or `None` after waiting a while for one (at most
+    /// `poll_interval`, less when `stop` fires).
+    async fn next(&self, last_autoclaim: &mut Option<Instant>, stop: &CancellationToken) -> Option<Delivery> {
         match &*self.imports.queue {
             Queue::Store => {
                 let (now, until) = self.lease();
                 match self.imports.jobs.claim(None, &self.id, now, until).await {
-                    Ok(Some(job)) => return Some(Delivery { job, entry: None }),
-                    Ok(None) => {}
-                    Err(error) => tracing::warn!(%error, "import queue: cannot look for a job in the store"),
+                    Ok(Some(job)) => {
+                        self.queue_health(None);
+                        return Some(Delivery { job, entry: None });
+                    }
+                    Ok(None) => self.queue_health(None),
+                    Err(error) => self.queue_health(Some(&error)),
                 }
                 tokio::select! {
                     () = self.imports.wake.notified() => {}
                     () = tokio::time::sleep(self.settings.poll_interval) => {}
+                    () = stop.cancelled() => {}
                 }
                 None
             }
@@ -129,11 +155,20 @@ impl Workers {
                     read = queue.read().await;
                 }
                 match read {
-                    Ok(Some(entry)) => self.take(queue, entry).await,
-                    Ok(None) => None,
+                    Ok(Some(entry)) => {
+                        self.queue_health(None);
+                        self.take(queue, entry).await
+                    }
+                    Ok(None) => {
+                        self.queue_health(None);
+                        None
+                    }
                     Err(error) => {
-                        tracing::warn!(%error, "import queue: Redis read failed");
-                        tokio::time::sleep(self.settings.poll_interval).await;
+                        self.queue_health(Some(&error));
+                        tokio::select! {
+                            () = tokio::time::sleep(self.settings.poll_interval) => {}
+                            () = stop.cancelled() => {}
+                        }
                         None
                     }
                 }
@@ -332,7 +367,11 @@ impl Workers {
                     ),
                 }
             }
-            Ok(false) => tracing::warn!("import finished by another worker"),
+            // Its entry is the new holder's now: leave it.
+            Ok(false) => {
+                tracing::warn!("import finished by another worker");
+                return;
+            }
             Err(error) => {
                 tracing::warn!(%error, "import not marked finished; the next worker to take it will");
                 return;

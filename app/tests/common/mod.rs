@@ -17,6 +17,75 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::task::JoinHandle;
 
+/// Every job store operation once, as a worker does for a one-batch job.
+pub async fn exercise_job_store(jobs: &dyn app::store::jobs::JobStore) {
+    let job = app::domain::import::Job {
+        id: "0123456789abcdef0123456789abcdef".into(),
+        mode: app::domain::import::Mode::Create,
+        state: app::domain::import::JobState::Queued,
+        total: 1,
+        batches: 1,
+        next_batch: 0,
+        counts: app::domain::import::Counts::default(),
+        created_at: 1,
+        started_at: None,
+        finished_at: None,
+        request_id: "r".into(),
+        attempts: 0,
+        error: None,
+    };
+    let batch = app::domain::import::Batch {
+        first: 0,
+        items: "[{}]".into(),
+    };
+    jobs.create_job(&job, &[batch]).await.expect("create_job");
+    assert_eq!(jobs.unfinished_jobs().await.expect("unfinished"), 1);
+    assert_eq!(jobs.orphans(2).await.expect("orphans").len(), 1);
+    let claimed = jobs.claim(None, "w", 2, 100).await.expect("claim").expect("a job");
+    assert_eq!((claimed.attempts, claimed.started_at), (1, Some(2)));
+    assert!(jobs.renew(&job.id, "w", 200).await.expect("renew"));
+    assert_eq!(jobs.batch(&job.id, 0).await.expect("batch").plan, None);
+    let plan = jobs
+        .keep_plan(&job.id, 0, &[app::domain::import::Outcome::Invalid])
+        .await
+        .expect("plan");
+    assert_eq!(plan, [app::domain::import::Outcome::Invalid]);
+    let error = app::domain::import::ItemError {
+        index: 0,
+        name: None,
+        status: 422,
+        detail: "1 invalid field".into(),
+        errors: Vec::new(),
+    };
+    let counts = app::domain::import::Counts {
+        invalid: 1,
+        ..app::domain::import::Counts::default()
+    };
+    assert!(
+        jobs.record_batch(&job.id, 0, counts, std::slice::from_ref(&error))
+            .await
+            .expect("record")
+    );
+    assert!(
+        !jobs
+            .record_batch(&job.id, 0, counts, std::slice::from_ref(&error))
+            .await
+            .expect("again")
+    );
+    assert!(
+        jobs.finish(&job.id, "w", app::domain::import::JobState::Done, None, 3)
+            .await
+            .expect("finish")
+    );
+    assert_eq!(jobs.item_errors(&job.id, None, 10).await.expect("errors"), [error]);
+    let stored = jobs.job(&job.id).await.expect("job").expect("stored");
+    assert_eq!(
+        (stored.state, stored.counts, stored.next_batch),
+        (app::domain::import::JobState::Done, counts, 1)
+    );
+    assert_eq!(jobs.recent_jobs(5).await.expect("recent").len(), 1);
+}
+
 /// Which store a test app runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {

@@ -471,6 +471,11 @@ pub struct RouteSettings {
     pub path_prefix: String,
     /// An upstream name from `[upstreams]`.
     pub upstream: String,
+    /// Largest request body on this route; default `limits.max_body`.
+    /// For routes that take bulk uploads (the app's `/imports`), so the
+    /// rest of the API keeps the small bound.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_body: Option<ByteSize>,
 }
 
 /// `[log]`

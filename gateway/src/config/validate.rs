@@ -80,6 +80,12 @@ impl Validate for GatewayConfig {
                     format!("no upstream named {:?}", r.upstream),
                 ));
             }
+            if r.max_body.is_some_and(|b| b.as_u64() == 0) {
+                p.push(Problem::new(
+                    format!("routes[{i}].max_body"),
+                    "must be greater than zero",
+                ));
+            }
             if self.routes[..i].iter().any(|o| o.path_prefix == r.path_prefix) {
                 p.push(Problem::new(
                     format!("routes[{i}].path_prefix"),

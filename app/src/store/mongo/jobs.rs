@@ -57,13 +57,21 @@ impl MongoStore {
     /// by age, error pages by index).
     pub(super) async fn ensure_job_indexes(&self) -> Result<(), StoreError> {
         let model = |keys: Document| IndexModel::builder().keys(keys).build();
-        self.run(self.jobs().create_indexes([
-            model(doc! { "state": 1, "created_at": 1 }),
-            model(doc! { "created_at": -1 }),
-        ]))
+        self.run(
+            self.jobs()
+                .create_indexes([
+                    model(doc! { "state": 1, "created_at": 1 }),
+                    model(doc! { "created_at": -1 }),
+                ])
+                .max_time(self.timeout),
+        )
         .await?;
-        self.run(self.errors().create_index(model(doc! { "job": 1, "index": 1 })))
-            .await?;
+        self.run(
+            self.errors()
+                .create_index(model(doc! { "job": 1, "index": 1 }))
+                .max_time(self.timeout),
+        )
+        .await?;
         Ok(())
     }
 
