@@ -369,8 +369,13 @@ on_both_backends_with!(
     a_full_queue_answers_503_and_an_app_worker_drains_it,
 );
 
-/// An `app worker` process on the environment of `app`'s backend.
-fn worker_process(env: &[(String, String)]) -> Child {
+/// An `app worker` process on the environment of `app`'s backend; its
+/// JSON log (stderr) goes to `log` when given.
+fn worker_process(env: &[(String, String)], log: Option<&std::path::Path>) -> Child {
+    let stdout = match log {
+        Some(path) => Stdio::from(std::fs::File::create(path).expect("log file")),
+        None => Stdio::null(),
+    };
     Command::new(env!("CARGO_BIN_EXE_app"))
         .arg("worker")
         .env_clear()
@@ -381,7 +386,7 @@ fn worker_process(env: &[(String, String)]) -> Child {
         .env("APP_WORKER_POLL_INTERVAL", "200ms")
         .env("LOG_FORMAT", "json")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(stdout)
         .spawn()
         .expect("app worker starts")
 }
@@ -404,7 +409,7 @@ async fn a_worker_killed_mid_job_is_replaced_and_every_item_is_stored_once(backe
         .map(|i| json!({"name": format!("bulk-{i:05}"), "data": [{"i": i, "pad": "x".repeat(40)}]}))
         .collect();
     let location = accepted(&api, "", &items).await;
-    let mut first = worker_process(&env);
+    let mut first = worker_process(&env, None);
     // Kill it (SIGKILL: no goodbye) once it is well into the job.
     let deadline = Instant::now() + Duration::from_secs(60);
     let at_kill = loop {
@@ -424,10 +429,30 @@ async fn a_worker_killed_mid_job_is_replaced_and_every_item_is_stored_once(backe
         "the job finished before the kill ({at_kill} at the look); the test proves nothing: {state}"
     );
     assert_eq!(state["state"], "running", "{state}");
-    let mut second = worker_process(&env);
+    let log = dir.path().join("second-worker.log");
+    let mut second = worker_process(&env, Some(&log));
     let done = finished(&api, &location, Duration::from_secs(180)).await;
-    second.kill().expect("kill");
-    second.wait().expect("reaped");
+    // SIGTERM: a clean stop flushes the log.
+    let term = Command::new("kill")
+        .args(["-TERM", &second.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(term.success());
+    assert!(second.wait().expect("reaped").success(), "a clean stop exits 0");
+    // One line per state change, each naming the job and its request.
+    let (id, request_id) = (
+        done["id"].as_str().expect("id"),
+        done["request_id"].as_str().expect("request id"),
+    );
+    let lines = std::fs::read_to_string(&log).expect("worker log");
+    for message in ["import running", "import done"] {
+        assert!(
+            lines
+                .lines()
+                .any(|l| l.contains(message) && l.contains(id) && l.contains(request_id)),
+            "no {message:?} line with the job and request ids in\n{lines}"
+        );
+    }
     assert_eq!(done["state"], "done", "{done}");
     assert_eq!(
         done["counts"],
