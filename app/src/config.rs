@@ -297,9 +297,10 @@ pub struct WorkerSettings {
     /// Redis read).
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
-    /// A job taken this many times without finishing fails
-    /// (`APP_WORKER_MAX_ATTEMPTS`), default 5: a job that kills its
-    /// workers must not kill them forever.
+    /// A job taken this many times without finishing fails when taken
+    /// once more (`APP_WORKER_MAX_ATTEMPTS`), default 5: a job that kills
+    /// its workers must not kill them forever. A give-back on shutdown is
+    /// not a take.
     #[serde(deserialize_with = "shared::config::number")]
     pub max_attempts: u32,
 }

@@ -125,7 +125,7 @@ impl Application {
                 queue_down: AtomicBool::new(false),
             })
         });
-        if config.auth.api_token.is_none() {
+        if role == Role::Api && config.auth.api_token.is_none() {
             tracing::warn!("API_TOKEN is not set: writes are open to anyone who can reach the app");
         }
         let api = match role {

@@ -552,6 +552,7 @@ async fn a_stopping_worker_gives_its_job_back_at_once(backend: Backend) {
         ("REDIS_KEY_PREFIX", prefix.as_str()),
         ("APP_IMPORTS_BATCH_SIZE", "20"),
         ("APP_WORKER_POLL_INTERVAL", "100ms"),
+        ("APP_WORKER_CLAIM_IDLE", "120s"),
     ];
     let mut api_env = env.to_vec();
     api_env.push(("APP_WORKER_CONCURRENCY", "0"));
@@ -581,9 +582,13 @@ async fn a_stopping_worker_gives_its_job_back_at_once(backend: Backend) {
         given_back["processed"].as_u64().unwrap_or(0) < 4000,
         "finished before the stop: {given_back}"
     );
+    assert_eq!(
+        given_back["attempts"], 0,
+        "released, the attempt not counted: {given_back}"
+    );
     let second = worker().await;
-    // claim_idle is 30 s: only a give-back lets it finish this soon.
-    let done = finished(&api, &location, Duration::from_secs(20)).await;
+    // claim_idle is 120 s: only a give-back lets it finish sooner.
+    let done = finished(&api, &location, Duration::from_secs(90)).await;
     assert_eq!(done["counts"]["created"], 4000, "{done}");
     assert_eq!(done["attempts"], 1, "{done}");
     assert_eq!(api.all_names().await.len(), 4000);

@@ -70,7 +70,11 @@ async fn batch_writes_skip_taken_names_and_upsert_replaces<S: Store>(store: &S) 
     found.sort();
     assert_eq!(found, ["a", "b"]);
     let upserts = [config("b", json!([{ "v": 2 }])), config("d", json!([{ "v": 2 }]))];
-    store.upsert_many(&upserts).await.expect("upsert_many");
+    assert_eq!(
+        store.upsert_many(&upserts).await.expect("upsert_many"),
+        ["d"],
+        "only d was created"
+    );
     for n in ["b", "d"] {
         assert_eq!(
             store.get(&name(n)).await.expect("get").expect(n).data,

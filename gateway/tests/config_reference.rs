@@ -39,6 +39,7 @@ health = {{ path = "/healthz" }}
 [[routes]]
 path_prefix = "/"
 upstream = "app"
+max_body = "16MiB"
 [rate_limits.per_ip]
 rate = "20r/s"
 shared = true

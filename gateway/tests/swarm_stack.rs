@@ -162,6 +162,8 @@ fn stores_live_on_an_internal_network_only() {
         match name.as_str() {
             "redis" | "mongo" => assert_eq!(nets, BTreeSet::from(["backend".to_string()]), "{name}"),
             "limits-redis" => assert_eq!(nets, BTreeSet::from(["limits".to_string()]), "{name}"),
+            // Import workers serve nothing to the gateway: stores only.
+            "worker" => assert_eq!(nets, BTreeSet::from(["backend".to_string()]), "{name}"),
             "app" => {
                 assert!(nets.contains("backend") && nets.contains("frontend"), "{nets:?}");
                 assert!(!nets.contains("limits"), "the app must not reach the rate-limit state");
@@ -411,13 +413,21 @@ fn every_service_has_a_healthcheck_resource_limits_and_a_restart_policy() {
 #[test]
 fn secrets_reach_the_processes_through_files_only() {
     let stack = stack();
-    let app_env = &stack["services"]["app"]["environment"];
-    for var in ["MONGODB_URI_FILE", "REDIS_PASSWORD_FILE", "API_TOKEN_FILE"] {
-        let path = app_env[var].as_str().unwrap_or_else(|| panic!("app sets {var}"));
-        assert!(path.starts_with("/run/secrets/"), "{var}={path}");
-    }
-    for var in ["MONGODB_URI", "REDIS_PASSWORD", "API_TOKEN"] {
-        assert!(app_env[var].is_null(), "{var} must come from a secret file");
+    for (service, files) in [
+        (
+            "app",
+            &["MONGODB_URI_FILE", "REDIS_PASSWORD_FILE", "API_TOKEN_FILE"][..],
+        ),
+        ("worker", &["MONGODB_URI_FILE", "REDIS_PASSWORD_FILE"][..]),
+    ] {
+        let env = &stack["services"][service]["environment"];
+        for var in files {
+            let path = env[var].as_str().unwrap_or_else(|| panic!("{service} sets {var}"));
+            assert!(path.starts_with("/run/secrets/"), "{service}: {var}={path}");
+        }
+        for var in ["MONGODB_URI", "REDIS_PASSWORD", "API_TOKEN"] {
+            assert!(env[var].is_null(), "{service}: {var} must come from a secret file");
+        }
     }
     let mongo_env = &stack["services"]["mongo"]["environment"];
     assert_eq!(
@@ -480,11 +490,63 @@ fn the_gateway_config_discovers_the_app_tasks_and_drains_within_the_stop_grace()
         .map(|a| u64::from(a.port()))
         .collect();
     assert_eq!(targets, listening, "published ports must reach the gateway's listeners");
-    let app_grace = stack["services"]["app"]["environment"]["APP_SHUTDOWN_GRACE"]
+    for service in ["app", "worker"] {
+        let grace = stack["services"][service]["environment"]["APP_SHUTDOWN_GRACE"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{service} sets APP_SHUTDOWN_GRACE"));
+        let grace = humantime::parse_duration(grace).expect("duration");
+        assert!(
+            seconds(&stack["services"][service]["stop_grace_period"]) > grace,
+            "{service}: SIGKILL would cut the drain"
+        );
+    }
+}
+
+/// The `worker` service runs `app worker` from the app's image on the
+/// app's store and queue; it has no API listener, so its healthcheck must
+/// probe the admin listener, and it must run at least one worker (`app
+/// worker` refuses to start with `APP_WORKER_CONCURRENCY=0`).
+#[test]
+fn the_worker_service_runs_app_worker_on_the_apps_store_and_queue() {
+    let stack = stack();
+    let (app, worker) = (&stack["services"]["app"], &stack["services"]["worker"]);
+    assert!(worker.is_mapping(), "the stack has a worker service");
+    assert_eq!(worker["image"], app["image"], "the worker is the app's image");
+    // The app image's ENTRYPOINT is the binary: the command is its arguments.
+    let command: Vec<&str> = worker["command"]
+        .as_sequence()
+        .expect("the worker has a command")
+        .iter()
+        .map(|v| v.as_str().expect("text"))
+        .collect();
+    assert_eq!(command, ["worker"]);
+    let test: Vec<&str> = worker["healthcheck"]["test"]
+        .as_sequence()
+        .expect("the worker has a healthcheck")
+        .iter()
+        .map(|v| v.as_str().expect("text"))
+        .collect();
+    assert_eq!(test, ["CMD", "/usr/local/bin/app", "healthcheck", "--admin"]);
+    let concurrency: u64 = worker["environment"]["APP_WORKER_CONCURRENCY"]
         .as_str()
-        .expect("grace");
-    let app_grace = humantime::parse_duration(app_grace).expect("duration");
-    assert!(seconds(&stack["services"]["app"]["stop_grace_period"]) > app_grace);
+        .and_then(|n| n.parse().ok())
+        .expect("the worker sets APP_WORKER_CONCURRENCY");
+    assert!(concurrency >= 1, "app worker needs APP_WORKER_CONCURRENCY >= 1");
+    // The same jobs and the same queue as the API replicas.
+    for var in ["MONGODB_URI_FILE", "MONGODB_DATABASE", "REDIS_URL", "REDIS_KEY_PREFIX"] {
+        assert_eq!(
+            worker["environment"][var], app["environment"][var],
+            "worker and app differ on {var}"
+        );
+    }
+    let update = &worker["deploy"]["update_config"];
+    assert_eq!(update["order"], "start-first");
+    assert_eq!(update["failure_action"], "rollback");
+    assert!(worker["deploy"]["rollback_config"].is_mapping());
+    assert!(
+        !names(&worker["secrets"]).contains("api_token"),
+        "the worker serves no API: it needs no write token"
+    );
 }
 
 #[test]

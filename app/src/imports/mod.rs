@@ -21,9 +21,13 @@
 //!   plan and are recorded with a compare-and-set on the job's next batch.
 //!   A batch written again after a crash rewrites the same data (an insert
 //!   of a name it created is skipped, an upsert writes the same data) and
-//!   is counted once. The one gap: a single write that creates a name after
-//!   the plan was stored and before the batch lands, *and* a crash before
-//!   the batch is recorded, counts that item as created by the import.
+//!   is counted once. A fresh plan is corrected by what its write saw (a
+//!   name another write took meanwhile is a conflict, or in upsert mode an
+//!   update); a plan stored by an earlier attempt stands, since the second
+//!   write cannot tell another writer's config from its own. So the one
+//!   gap: a single write that creates a name after the plan was stored and
+//!   before the batch first lands, *and* a crash before the batch is
+//!   recorded, counts that item as the plan said (created).
 //! - **Bounds.** At most `imports.max_queued` jobs are queued or running
 //!   (503 with `Retry-After` past it; a bound checked before storing, so
 //!   concurrent submissions can pass it by their number); a body at most

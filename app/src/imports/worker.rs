@@ -296,25 +296,20 @@ impl Workers {
         };
         let writes = import::writes(job.mode, &items, &outcomes);
         let written: Vec<ConfigName> = writes.iter().map(|c| c.name.clone()).collect();
-        let outcome = match job.mode {
+        let written_now = match job.mode {
             import::Mode::Create => self.store.insert_many(&writes).await,
-            import::Mode::Upsert => self.store.upsert_many(&writes).await.map(|()| Vec::new()),
+            import::Mode::Upsert => self.store.upsert_many(&writes).await,
         };
         // Whatever the outcome, the batch may have landed in part.
         if let Some(cache) = &self.cache {
             cache.invalidate_many(&written).await;
         }
-        let taken = outcome?;
-        if fresh && !taken.is_empty() {
-            // A single write took these names after the plan read them
-            // free: they are conflicts, not creations.
-            for (item, outcome) in items.iter().zip(outcomes.iter_mut()) {
-                if let (Ok(config), import::Outcome::Created) = (item, *outcome) {
-                    if taken.iter().any(|t| t == config.name.as_str()) {
-                        *outcome = import::Outcome::Conflict;
-                    }
-                }
-            }
+        let names = written_now?;
+        if fresh {
+            // A single write may have created a name between the plan's look
+            // and this write: what the write saw wins. (A plan stored by an
+            // earlier attempt stands: this write may meet its own items.)
+            import::correct(job.mode, &items, &mut outcomes, &names);
         }
         let errors = import::item_errors(stored.first, &raw, &items, &outcomes);
         let counts = Counts::of(&outcomes);

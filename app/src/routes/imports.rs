@@ -37,7 +37,7 @@ pub async fn submit(
     req: Request,
 ) -> Result<Response, ApiError> {
     let mut mode = Mode::Create;
-    for (key, value) in parse_query(query.as_deref()).map_err(ApiError::BadQuery)? {
+    for (key, value) in params(query.as_deref())? {
         match key.as_str() {
             "mode" => mode = Mode::parse(&value).map_err(|e| ApiError::BadQuery(QueryError::new("mode", e)))?,
             _ => {
@@ -87,7 +87,7 @@ pub async fn list(
     RawQuery(query): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
     let mut limit = JOBS_PAGE.0;
-    for (key, value) in parse_query(query.as_deref()).map_err(ApiError::BadQuery)? {
+    for (key, value) in params(query.as_deref())? {
         match key.as_str() {
             "limit" => limit = page_size("limit", &value, JOBS_PAGE.1)?,
             _ => {
@@ -111,7 +111,7 @@ pub async fn read(
     RawQuery(query): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
     let (mut after, mut limit) = (None, ERRORS_PAGE.0);
-    for (key, value) in parse_query(query.as_deref()).map_err(ApiError::BadQuery)? {
+    for (key, value) in params(query.as_deref())? {
         match key.as_str() {
             "errors_after" => {
                 after = Some(
@@ -142,6 +142,20 @@ pub async fn read(
     body["errors"] = json!(errors);
     body["next_errors_after"] = json!(next);
     Ok(Json(body))
+}
+
+/// The query's parameters, each at most once (like every other route).
+fn params(query: Option<&str>) -> Result<Vec<(String, String)>, ApiError> {
+    let pairs = parse_query(query).map_err(ApiError::BadQuery)?;
+    for (i, (key, _)) in pairs.iter().enumerate() {
+        if pairs[..i].iter().any(|(k, _)| k == key) {
+            return Err(ApiError::BadQuery(QueryError::new(
+                key.clone(),
+                "is given more than once",
+            )));
+        }
+    }
+    Ok(pairs)
 }
 
 fn envelope(content_type: Option<&HeaderValue>) -> Result<Envelope, ApiError> {

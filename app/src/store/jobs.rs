@@ -87,8 +87,9 @@ pub trait JobStore: std::fmt::Debug + Send + Sync + 'static {
     /// `false`: it was recorded already.
     async fn record_batch(&self, id: &str, n: u32, counts: Counts, errors: &[ItemError]) -> Result<bool, StoreError>;
 
-    /// Ends `worker`'s job as `done` or `failed`; `false` if it no longer
-    /// held it.
+    /// Ends `worker`'s job as `done` or `failed` and drops its batches
+    /// (the record and the item errors stay); `false` if it no longer held
+    /// it.
     async fn finish(
         &self,
         id: &str,

@@ -84,8 +84,8 @@ pub trait Store: std::fmt::Debug + Send + Sync + 'static {
     async fn insert_many(&self, configs: &[Config]) -> Result<Vec<String>, StoreError>;
 
     /// Creates or replaces the data of each config in one batch; names must
-    /// be distinct.
-    async fn upsert_many(&self, configs: &[Config]) -> Result<(), StoreError>;
+    /// be distinct. Returns the names it created (the rest it replaced).
+    async fn upsert_many(&self, configs: &[Config]) -> Result<Vec<String>, StoreError>;
 }
 
 /// A shared store handle.

@@ -318,9 +318,9 @@ impl Store for MongoStore {
         Err(map_error(error))
     }
 
-    async fn upsert_many(&self, configs: &[Config]) -> Result<(), StoreError> {
+    async fn upsert_many(&self, configs: &[Config]) -> Result<Vec<String>, StoreError> {
         if configs.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         self.ensure_index().await?;
         let updates = configs
@@ -341,15 +341,28 @@ impl Store for MongoStore {
         let reply = self
             .run(self.client.database(&self.configs.namespace().db).run_command(command))
             .await?;
-        match reply.get_array("writeErrors") {
-            Ok(errors) if !errors.is_empty() => Err(StoreError::Unavailable(format!(
-                "{} of {} upserts failed, first: {:?}",
-                errors.len(),
-                configs.len(),
-                errors[0]
-            ))),
-            _ => Ok(()),
+        if let Ok(errors) = reply.get_array("writeErrors") {
+            if !errors.is_empty() {
+                return Err(StoreError::Unavailable(format!(
+                    "{} of {} upserts failed, first: {:?}",
+                    errors.len(),
+                    configs.len(),
+                    errors[0]
+                )));
+            }
         }
+        // `upserted` lists the statements that inserted, by index.
+        let upserted = reply.get_array("upserted").map(Vec::as_slice).unwrap_or_default();
+        Ok(upserted
+            .iter()
+            .filter_map(|u| match u.as_document()?.get("index")? {
+                Bson::Int32(i) => usize::try_from(*i).ok(),
+                Bson::Int64(i) => usize::try_from(*i).ok(),
+                _ => None,
+            })
+            .filter_map(|i| configs.get(i))
+            .map(|c| c.name.as_str().to_string())
+            .collect())
     }
 }
 

@@ -313,18 +313,27 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn upsert_many(&self, configs: &[Config]) -> Result<(), StoreError> {
+    async fn upsert_many(&self, configs: &[Config]) -> Result<Vec<String>, StoreError> {
         let rows = encode_all(configs)?;
         self.with_transaction(move |c| {
+            // In the write transaction, so the look and the write agree.
+            let mut exists = c
+                .prepare_cached("SELECT 1 FROM configs WHERE name = ?1")
+                .map_err(internal)?;
             let mut stmt = c
                 .prepare_cached(
                     "INSERT INTO configs (name, data) VALUES (?1, ?2) ON CONFLICT (name) DO UPDATE SET data = excluded.data",
                 )
                 .map_err(internal)?;
+            let mut created = Vec::new();
             for (name, data) in rows {
+                let existed = exists.exists([&name]).map_err(internal)?;
                 stmt.execute(params![name, data]).map_err(internal)?;
+                if !existed {
+                    created.push(name);
+                }
             }
-            Ok(())
+            Ok(created)
         })
         .await
     }

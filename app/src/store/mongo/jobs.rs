@@ -307,6 +307,13 @@ impl JobStore for MongoStore {
                 },
             ))
             .await?;
+        if result.modified_count == 1 {
+            // The items are written; only the record and the errors stay.
+            // Best effort: left-over batches of a finished job are never read.
+            if let Err(error) = self.run(self.batches().delete_many(doc! { "job": id })).await {
+                tracing::warn!(job = id, %error, "finished import's batches not dropped");
+            }
+        }
         Ok(result.modified_count == 1)
     }
 

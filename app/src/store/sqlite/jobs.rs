@@ -303,14 +303,20 @@ impl JobStore for SqliteStore {
         now: u64,
     ) -> Result<bool, StoreError> {
         let (id, worker, error) = (id.to_string(), worker.to_string(), error.map(str::to_string));
-        self.with_conn(move |c| {
-            c.execute(
-                "UPDATE import_jobs SET state = ?3, error = ?4, finished_at = ?5, owner = NULL, lease_until = 0 \
-                 WHERE id = ?1 AND owner = ?2 AND state = 'running'",
-                params![id, worker, state.as_str(), error, int(now)],
-            )
-            .map(|n| n == 1)
-            .map_err(internal)
+        self.with_transaction(move |c| {
+            let ended = c
+                .execute(
+                    "UPDATE import_jobs SET state = ?3, error = ?4, finished_at = ?5, owner = NULL, lease_until = 0 \
+                     WHERE id = ?1 AND owner = ?2 AND state = 'running'",
+                    params![id, worker, state.as_str(), error, int(now)],
+                )
+                .map_err(internal)?;
+            if ended == 1 {
+                // The items are written; only the record and the errors stay.
+                c.execute("DELETE FROM import_batches WHERE job = ?1", [&id])
+                    .map_err(internal)?;
+            }
+            Ok(ended == 1)
         })
         .await
     }
