@@ -586,14 +586,43 @@ async fn a_stopping_worker_gives_its_job_back_at_once(backend: Backend) {
         given_back["attempts"], 0,
         "released, the attempt not counted: {given_back}"
     );
+    if backend == Backend::MongoRedis {
+        assert_eq!(consumers(&prefix), 0, "a stopped worker leaves the consumer group");
+    }
     let second = worker().await;
     // claim_idle is 120 s: only a give-back lets it finish sooner.
     let done = finished(&api, &location, Duration::from_secs(90)).await;
     assert_eq!(done["counts"]["created"], 4000, "{done}");
     assert_eq!(done["attempts"], 1, "{done}");
     assert_eq!(api.all_names().await.len(), 4000);
+    if backend == Backend::MongoRedis {
+        assert_eq!(consumers(&prefix), 1, "the running worker is in the group");
+    }
     second.stop().await.expect("stops");
+    if backend == Backend::MongoRedis {
+        assert_eq!(consumers(&prefix), 0, "a stopped worker leaves the consumer group");
+    }
     api.stop().await.expect("stops");
+}
+
+/// How many consumers the import stream's group lists (`redis-cli`).
+fn consumers(prefix: &str) -> usize {
+    let output = Command::new("redis-cli")
+        .args([
+            "-u",
+            &common::redis_url(),
+            "XINFO",
+            "CONSUMERS",
+            &format!("{prefix}:imports"),
+            "workers",
+        ])
+        .output()
+        .expect("redis-cli runs");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter(|l| l.trim() == "name")
+        .count()
 }
 
 mod stopping {

@@ -156,11 +156,77 @@ impl RedisQueue {
         Ok(matches!(found, Value::Array(items) if !items.is_empty()))
     }
 
+    /// The group's consumers: name, pending entries, idle milliseconds.
+    async fn consumers(&self) -> Result<Vec<(String, i64, i64)>, Error> {
+        let info: Value = self.commands.xinfo_consumers(&self.stream, GROUP).await?;
+        let Value::Array(consumers) = info else {
+            return Ok(Vec::new());
+        };
+        Ok(consumers.into_iter().filter_map(consumer).collect())
+    }
+
+    /// Removes consumers that hold nothing pending and have been idle
+    /// longer than `idle_over`: every process start joins under a new name,
+    /// and without this the group would list every process that ever ran.
+    /// (A live consumer removed this way is made again by its next read.)
+    pub async fn forget_idle_consumers(&self, idle_over: Duration) -> Result<usize, Error> {
+        let idle_over = i64::try_from(idle_over.as_millis()).unwrap_or(i64::MAX);
+        let mut forgotten = 0;
+        for (name, pending, idle) in self.consumers().await? {
+            if pending == 0 && idle > idle_over && name != self.consumer {
+                self.commands
+                    .xgroup_delconsumer::<Value, _, _, _>(&self.stream, GROUP, &name)
+                    .await?;
+                forgotten += 1;
+            }
+        }
+        Ok(forgotten)
+    }
+
+    /// Leaves the group on shutdown, when this process holds nothing
+    /// pending (what it holds stays, for `XAUTOCLAIM`).
+    pub async fn leave(&self) {
+        let mine = self
+            .consumers()
+            .await
+            .ok()
+            .and_then(|all| all.into_iter().find(|(name, _, _)| *name == self.consumer));
+        if matches!(mine, Some((_, 0, _))) {
+            let _ = self
+                .commands
+                .xgroup_delconsumer::<Value, _, _, _>(&self.stream, GROUP, &self.consumer)
+                .await;
+        }
+    }
+
     /// Closes both connections.
     pub async fn shutdown(&self) {
         let _ = self.reader.quit().await;
         let _ = self.commands.quit().await;
     }
+}
+
+/// One consumer of an `XINFO CONSUMERS` reply (`[name, N, pending, N,
+/// idle, N, ...]`, or a map): its name, pending count and idle time.
+fn consumer(value: Value) -> Option<(String, i64, i64)> {
+    let pairs: Vec<(String, Value)> = match value {
+        Value::Array(fields) => fields
+            .chunks(2)
+            .filter_map(|pair| Some((pair.first()?.as_string()?, pair.get(1)?.clone())))
+            .collect(),
+        Value::Map(map) => map
+            .inner()
+            .into_iter()
+            .filter_map(|(k, v)| Some((k.as_str()?.to_string(), v)))
+            .collect(),
+        _ => return None,
+    };
+    let get = |key: &str| pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v);
+    Some((
+        get("name")?.as_string()?,
+        get("pending")?.as_i64()?,
+        get("idle")?.as_i64()?,
+    ))
 }
 
 /// The `(id, job)` entries anywhere in a stream reply (`XREADGROUP`,
@@ -232,5 +298,21 @@ mod tests {
             }]
         );
         assert!(entries(Value::Null).is_empty());
+    }
+
+    #[test]
+    fn consumers_are_read_from_xinfo() {
+        let reply = Value::Array(vec![
+            s("name"),
+            s("host-1"),
+            s("pending"),
+            Value::Integer(2),
+            s("idle"),
+            Value::Integer(7_000),
+            s("inactive"),
+            Value::Integer(9_000),
+        ]);
+        assert_eq!(consumer(reply), Some(("host-1".into(), 2, 7_000)));
+        assert_eq!(consumer(Value::Null), None);
     }
 }

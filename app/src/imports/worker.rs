@@ -31,6 +31,10 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tracing::Instrument;
 
+/// A consumer of the group idle this long with nothing pending belongs to
+/// a process that is gone.
+const FORGET_CONSUMERS_AFTER: Duration = Duration::from_secs(3600);
+
 /// One process's workers.
 #[derive(Debug)]
 pub struct Workers {
@@ -98,6 +102,9 @@ impl Workers {
         }
         tasks.close();
         tasks.wait().await;
+        if let Queue::Redis(queue) = &*self.imports.queue {
+            queue.leave().await;
+        }
         tracing::info!(worker = %self.id, "import workers stopped");
     }
 
@@ -412,6 +419,13 @@ impl Workers {
             let Queue::Redis(queue) = &*self.imports.queue else {
                 continue;
             };
+            match queue.forget_idle_consumers(FORGET_CONSUMERS_AFTER).await {
+                Ok(0) | Err(_) => {}
+                Ok(n) => tracing::info!(
+                    consumers = n,
+                    "import queue: forgot consumers idle for an hour with nothing pending"
+                ),
+            }
             let orphans = match self.imports.jobs.orphans(now_ms()).await {
                 Ok(orphans) => orphans,
                 Err(error) => {
