@@ -92,6 +92,10 @@ pub const ENV_BINDINGS: &[EnvBinding] = &[
         key: "imports.batch_size",
     },
     EnvBinding {
+        var: "APP_IMPORTS_MAX_ITEMS",
+        key: "imports.max_items",
+    },
+    EnvBinding {
         var: "APP_WORKER_CONCURRENCY",
         key: "worker.concurrency",
     },
@@ -266,6 +270,11 @@ pub struct ImportSettings {
     /// write, one plan and one progress record each.
     #[serde(deserialize_with = "shared::config::number")]
     pub batch_size: usize,
+    /// Most items in one import (`APP_IMPORTS_MAX_ITEMS`), default
+    /// 100,000; more is a 413. Bounds what one job costs to parse, to
+    /// store errors for, and to hold a worker.
+    #[serde(deserialize_with = "shared::config::number")]
+    pub max_items: usize,
 }
 
 impl Default for ImportSettings {
@@ -274,6 +283,7 @@ impl Default for ImportSettings {
             max_body: ByteSize::mib(16),
             max_queued: 64,
             batch_size: 500,
+            max_items: 100_000,
         }
     }
 }
@@ -367,6 +377,9 @@ impl Validate for AppConfig {
         }
         if !(1..=10_000).contains(&self.imports.batch_size) {
             problems.push(Problem::new("imports.batch_size", "must be from 1 to 10000"));
+        }
+        if self.imports.max_items == 0 {
+            problems.push(Problem::new("imports.max_items", "must be at least 1"));
         }
         if self.worker.max_attempts == 0 {
             problems.push(Problem::new("worker.max_attempts", "must be at least 1"));

@@ -46,7 +46,8 @@ pub enum ApiError {
     /// 413: the body is larger than the configured maximum.
     #[error("request body larger than {0} bytes")]
     PayloadTooLarge(usize),
-    /// 413: one item of an import is larger than a config may be.
+    /// 413: an import item is larger than a config may be, or an import
+    /// holds more items than `imports.max_items`.
     #[error("{0}")]
     ItemTooLarge(String),
     /// 415: the body is not declared as a type the route takes (named here).

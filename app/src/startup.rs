@@ -114,6 +114,7 @@ impl Application {
             wake: Arc::default(),
             settings: config.imports.clone(),
             metrics: metrics.clone(),
+            parsing: Arc::new(tokio::sync::Semaphore::new(crate::imports::PARSE_SLOTS)),
         };
         let workers = (config.worker.concurrency > 0).then(|| {
             Arc::new(Workers {

@@ -204,7 +204,11 @@ async fn sample_counts_are_exact_and_the_store_holds_the_valid_items(backend: Ba
 async fn bad_imports_are_refused_whole_and_queue_nothing(backend: Backend) {
     let app = spawn_with(
         backend,
-        options(&[("APP_IMPORTS_MAX_BODY", "64KiB"), ("APP_MAX_BODY", "1KiB")]),
+        options(&[
+            ("APP_IMPORTS_MAX_BODY", "64KiB"),
+            ("APP_MAX_BODY", "1KiB"),
+            ("APP_IMPORTS_MAX_ITEMS", "3000"),
+        ]),
     )
     .await;
     let item = |i: usize| json!({"name": format!("x{i}"), "data": []});
@@ -251,6 +255,25 @@ async fn bad_imports_are_refused_whole_and_queue_nothing(backend: Backend) {
             "application/json",
             serde_json::to_vec(&(0..4000).map(item).collect::<Vec<_>>()).unwrap(),
             StatusCode::PAYLOAD_TOO_LARGE,
+        ),
+        // Under the body bound, over the item bound (tiny items), both framings.
+        (
+            "",
+            "application/json",
+            format!("[{}0]", "0,".repeat(3000)).into_bytes(),
+            StatusCode::PAYLOAD_TOO_LARGE,
+        ),
+        (
+            "",
+            "application/x-ndjson",
+            "0\n".repeat(3001).into_bytes(),
+            StatusCode::PAYLOAD_TOO_LARGE,
+        ),
+        (
+            "?mode=create&mode=upsert",
+            "application/json",
+            serde_json::to_vec(&[item(1)]).unwrap(),
+            StatusCode::BAD_REQUEST,
         ),
         (
             "",
@@ -363,7 +386,43 @@ async fn a_full_queue_answers_503_and_an_app_worker_drains_it(backend: Backend) 
     api.stop().await.expect("stops");
 }
 
+/// Items that are JSON but that a single write could not take either
+/// (nested past the parser's depth, a lone surrogate escape, a number out of
+/// range) are item errors; the rest of their batch is written.
+async fn items_no_single_write_could_parse_are_item_errors(backend: Backend) {
+    let app = spawn_with(backend, options(&[])).await;
+    let deep = format!(
+        "{{\"name\":\"deep\",\"data\":[{}1{}]}}",
+        "[".repeat(130),
+        "]".repeat(130)
+    );
+    let body = format!(
+        "[{{\"name\":\"a\",\"data\":[]}},{deep},{{\"name\":\"s\",\"data\":[{{\"k\":\"\\ud800\"}}]}},{{\"name\":\"n\",\"data\":[{{\"k\":1e400}}]}},{{\"name\":\"b\",\"data\":[]}}]"
+    );
+    let (status, location, accepted) = post_import(&app, "", "application/json", body.into_bytes()).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{accepted}");
+    let done = finished(&app, &location.expect("Location"), Duration::from_secs(30)).await;
+    assert_eq!(done["state"], "done", "{done}");
+    assert_eq!(
+        done["counts"],
+        json!({"created": 2, "updated": 0, "invalid": 3, "conflicts": 0}),
+        "{done}"
+    );
+    let indexes: Vec<u64> = done["errors"]
+        .as_array()
+        .expect("errors")
+        .iter()
+        .map(|e| e["index"].as_u64().expect("index"))
+        .collect();
+    assert_eq!(indexes, [1, 2, 3], "{done}");
+    let mut names = app.all_names().await;
+    names.sort();
+    assert_eq!(names, ["a", "b"]);
+    app.stop().await.expect("stops");
+}
+
 on_both_backends_with!(
+    items_no_single_write_could_parse_are_item_errors,
     sample_counts_are_exact_and_the_store_holds_the_valid_items,
     bad_imports_are_refused_whole_and_queue_nothing,
     a_full_queue_answers_503_and_an_app_worker_drains_it,

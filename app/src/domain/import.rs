@@ -7,7 +7,7 @@
 //! twice (a worker died between writing and recording it) is counted once.
 
 use super::{Config, FieldError};
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer as _, Serialize};
 use serde_json::Value;
 use serde_json::value::RawValue;
 use std::collections::HashSet;
@@ -199,6 +199,12 @@ pub enum EnvelopeError {
     /// No items (400).
     #[error("an import needs at least one item")]
     Empty,
+    /// More items than one import may hold (413).
+    #[error("more than {max} items in one import; split it")]
+    TooManyItems {
+        /// The bound (`imports.max_items`).
+        max: usize,
+    },
     /// One item larger than a single write may be (413).
     #[error("item {index} is {size} bytes, more than the {max} bytes a config may be")]
     ItemTooLarge {
@@ -230,28 +236,51 @@ pub struct Batches {
 }
 
 /// Largest batch text in bytes, whatever `batch_size` says: a MongoDB
-/// document holds at most 16 MiB.
-pub const MAX_BATCH_BYTES: usize = 4 << 20;
+/// document or command holds at most 16 MiB, and BSON can take eight times
+/// the JSON's size (a `0,` in an array is an element with a type byte, a
+/// decimal index key and a number).
+pub const MAX_BATCH_BYTES: usize = 1 << 20;
 
 /// Splits an import body into batches. Items are only checked to be JSON
 /// (and no larger than `max_item` bytes); the field rules are the worker's,
 /// per item. Items are kept as the text sent (borrowed from `body`, never
 /// parsed into a tree: a 16 MiB body costs about one more copy of itself).
-pub fn split(body: &[u8], envelope: Envelope, batch_size: usize, max_item: usize) -> Result<Batches, EnvelopeError> {
+pub fn split(body: &[u8], envelope: Envelope, limits: SplitLimits) -> Result<Batches, EnvelopeError> {
+    let SplitLimits {
+        batch_size,
+        max_item,
+        max_items,
+    } = limits;
     let items: Vec<&RawValue> = match envelope {
-        Envelope::Array => serde_json::from_slice(body)
-            .map_err(|e| EnvelopeError::Malformed(format!("the body must be a JSON array of configs: {e}")))?,
+        Envelope::Array => {
+            // Counted while parsing: a body of millions of tiny items is
+            // refused before it costs a slice each.
+            let mut parser = serde_json::Deserializer::from_slice(body);
+            parser
+                .deserialize_seq(BoundedItems(max_items))
+                .and_then(|items| parser.end().map(|()| items))
+                .map_err(|e| {
+                    if e.to_string().starts_with(TOO_MANY) {
+                        EnvelopeError::TooManyItems { max: max_items }
+                    } else {
+                        EnvelopeError::Malformed(format!("the body must be a JSON array of configs: {e}"))
+                    }
+                })?
+        }
         Envelope::Ndjson => {
             let text = std::str::from_utf8(body)
                 .map_err(|e| EnvelopeError::Malformed(format!("the body is not UTF-8: {e}")))?;
-            text.lines()
-                .enumerate()
-                .filter(|(_, line)| !line.trim().is_empty())
-                .map(|(n, line)| {
+            let mut items = Vec::new();
+            for (n, line) in text.lines().enumerate().filter(|(_, line)| !line.trim().is_empty()) {
+                if items.len() == max_items {
+                    return Err(EnvelopeError::TooManyItems { max: max_items });
+                }
+                items.push(
                     serde_json::from_str(line.trim())
-                        .map_err(|e| EnvelopeError::Malformed(format!("line {} is not JSON: {e}", n + 1)))
-                })
-                .collect::<Result<_, _>>()?
+                        .map_err(|e| EnvelopeError::Malformed(format!("line {} is not JSON: {e}", n + 1)))?,
+                );
+            }
+            items
         }
     };
     if items.is_empty() {
@@ -291,6 +320,41 @@ pub fn split(body: &[u8], envelope: Envelope, batch_size: usize, max_item: usize
     })
 }
 
+/// The bounds [`split`] applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SplitLimits {
+    /// Items per batch (`imports.batch_size`).
+    pub batch_size: usize,
+    /// Largest item in bytes (`server.max_body`).
+    pub max_item: usize,
+    /// Most items in one import (`imports.max_items`).
+    pub max_items: usize,
+}
+
+const TOO_MANY: &str = "too many items";
+
+/// A JSON array's elements as raw text, at most `.0` of them.
+struct BoundedItems(usize);
+
+impl<'de> serde::de::Visitor<'de> for BoundedItems {
+    type Value = Vec<&'de RawValue>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON array")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element::<&'de RawValue>()? {
+            if items.len() == self.0 {
+                return Err(serde::de::Error::custom(TOO_MANY));
+            }
+            items.push(item);
+        }
+        Ok(items)
+    }
+}
+
 /// Decides the outcome of each item of a batch. `items` are the batch's
 /// items validated (`Err` = invalid); `existing` the names among them the
 /// store holds now. Within the batch a name's first occurrence decides as
@@ -320,7 +384,8 @@ pub fn plan(mode: Mode, items: &[Result<Config, Vec<FieldError>>], existing: &Ha
 /// upsert mode the names the write created (each name's first valid
 /// occurrence is created if listed, else updated).
 pub fn correct(mode: Mode, items: &[Result<Config, Vec<FieldError>>], outcomes: &mut [Outcome], names: &[String]) {
-    let listed = |name: &str| names.iter().any(|n| n == name);
+    let names: HashSet<&str> = names.iter().map(String::as_str).collect();
+    let listed = |name: &str| names.contains(name);
     let mut seen: HashSet<&str> = HashSet::new();
     for (item, outcome) in items.iter().zip(outcomes.iter_mut()) {
         let Ok(config) = item else { continue };
@@ -340,18 +405,54 @@ pub fn correct(mode: Mode, items: &[Result<Config, Vec<FieldError>>], outcomes: 
     }
 }
 
+/// A stored batch's items: each as parsed (`None` when it could not be)
+/// and validated.
+pub type ParsedBatch = (Vec<Option<Value>>, Vec<Result<Config, Vec<FieldError>>>);
+
+/// Parses a stored batch item by item. The envelope only checked that each
+/// item is JSON; one that a single write could not take either (nested
+/// deeper than the parser goes, a lone surrogate escape, a number out of
+/// range) is an invalid item here, never a failed batch.
+pub fn parse_batch(text: &str) -> Result<ParsedBatch, String> {
+    let raws: Vec<&RawValue> =
+        serde_json::from_str(text).map_err(|e| format!("stored batch is not a JSON array: {e}"))?;
+    let mut values = Vec::with_capacity(raws.len());
+    let mut items = Vec::with_capacity(raws.len());
+    for raw in raws {
+        match serde_json::from_str::<Value>(raw.get()) {
+            Ok(value) => {
+                items.push(super::new_config(value.clone()));
+                values.push(Some(value));
+            }
+            Err(e) => {
+                let detail = if e.to_string().starts_with("recursion limit exceeded") {
+                    format!("nesting deeper than {} levels", super::MAX_DEPTH)
+                } else {
+                    format!("not a JSON value a config can hold: {e}")
+                };
+                items.push(Err(vec![FieldError {
+                    pointer: String::new(),
+                    detail,
+                }]));
+                values.push(None);
+            }
+        }
+    }
+    Ok((values, items))
+}
+
 /// The item errors of a planned batch whose first item is `first_index`.
 /// `raw` are the items as sent (for a name when an item is invalid).
 pub fn item_errors(
     first_index: u64,
-    raw: &[Value],
+    raw: &[Option<Value>],
     items: &[Result<Config, Vec<FieldError>>],
     outcomes: &[Outcome],
 ) -> Vec<ItemError> {
     let mut errors = Vec::new();
     for (i, ((item, outcome), raw)) in items.iter().zip(outcomes).zip(raw).enumerate() {
         let index = first_index + i as u64;
-        let sent_name = || raw.get("name").and_then(Value::as_str).map(str::to_string);
+        let sent_name = || raw.as_ref()?.get("name").and_then(Value::as_str).map(str::to_string);
         match (outcome, item) {
             (Outcome::Invalid, Err(fields)) => errors.push(ItemError {
                 index,
@@ -405,6 +506,36 @@ mod tests {
     use crate::domain::new_config;
     use serde_json::json;
 
+    fn limits(batch_size: usize, max_item: usize) -> SplitLimits {
+        SplitLimits {
+            batch_size,
+            max_item,
+            max_items: 1000,
+        }
+    }
+
+    #[test]
+    fn more_items_than_an_import_may_hold_are_refused_while_parsing() {
+        let tight = SplitLimits {
+            batch_size: 10,
+            max_item: 99,
+            max_items: 3,
+        };
+        assert!(split(b"[1,2,3]", Envelope::Array, tight).is_ok());
+        assert_eq!(
+            split(b"[1,2,3,4]", Envelope::Array, tight),
+            Err(EnvelopeError::TooManyItems { max: 3 })
+        );
+        assert_eq!(
+            split(b"1\n2\n3\n4\n", Envelope::Ndjson, tight),
+            Err(EnvelopeError::TooManyItems { max: 3 })
+        );
+        assert!(matches!(
+            split(b"[1,2] x", Envelope::Array, tight),
+            Err(EnvelopeError::Malformed(_))
+        ));
+    }
+
     fn validated(raw: &[Value]) -> Vec<Result<Config, Vec<FieldError>>> {
         raw.iter().cloned().map(new_config).collect()
     }
@@ -415,7 +546,7 @@ mod tests {
         let array = serde_json::to_vec(&items).expect("json");
         let ndjson: String = items.iter().map(|v| format!("{v}\n\n")).collect();
         for (body, envelope) in [(array, Envelope::Array), (ndjson.into_bytes(), Envelope::Ndjson)] {
-            let batches = split(&body, envelope, 3, 1024).expect("valid");
+            let batches = split(&body, envelope, limits(3, 1024)).expect("valid");
             assert_eq!(batches.total, 7);
             let sizes: Vec<(u64, usize)> = batches
                 .batches
@@ -440,24 +571,50 @@ mod tests {
     #[test]
     fn bad_envelopes_are_refused_whole() {
         assert!(matches!(
-            split(b"{\"name\":1}", Envelope::Array, 10, 99),
+            split(b"{\"name\":1}", Envelope::Array, limits(10, 99)),
             Err(EnvelopeError::Malformed(_))
         ));
         assert!(matches!(
-            split(b"[1,", Envelope::Array, 10, 99),
+            split(b"[1,", Envelope::Array, limits(10, 99)),
             Err(EnvelopeError::Malformed(_))
         ));
-        assert_eq!(split(b"[]", Envelope::Array, 10, 99), Err(EnvelopeError::Empty));
-        assert_eq!(split(b"\n \n", Envelope::Ndjson, 10, 99), Err(EnvelopeError::Empty));
-        let Err(EnvelopeError::Malformed(why)) = split(b"{}\n{oops\n", Envelope::Ndjson, 10, 99) else {
+        assert_eq!(split(b"[]", Envelope::Array, limits(10, 99)), Err(EnvelopeError::Empty));
+        assert_eq!(
+            split(b"\n \n", Envelope::Ndjson, limits(10, 99)),
+            Err(EnvelopeError::Empty)
+        );
+        let Err(EnvelopeError::Malformed(why)) = split(b"{}\n{oops\n", Envelope::Ndjson, limits(10, 99)) else {
             panic!("a bad line is malformed");
         };
         assert!(why.contains("line 2"), "{why}");
         let big = format!("[{{\"name\":\"a\",\"data\":[{{\"k\":\"{}\"}}]}}]", "x".repeat(200));
         assert!(matches!(
-            split(big.as_bytes(), Envelope::Array, 10, 100),
+            split(big.as_bytes(), Envelope::Array, limits(10, 100)),
             Err(EnvelopeError::ItemTooLarge { index: 0, .. })
         ));
+    }
+
+    #[test]
+    fn items_only_the_envelope_accepted_are_invalid_items_not_a_failed_batch() {
+        let deep = format!(
+            "{{\"name\":\"deep\",\"data\":[{}1{}]}}",
+            "[".repeat(130),
+            "]".repeat(130)
+        );
+        let body = format!("[{{\"name\":\"ok\",\"data\":[]}},{deep},\"\\ud800\",1e400]");
+        let batches = split(body.as_bytes(), Envelope::Array, limits(10, 1 << 20)).expect("the envelope is JSON");
+        let (values, items) = parse_batch(&batches.batches[0].items).expect("parses");
+        assert_eq!(items.len(), 4);
+        assert!(items[0].is_ok());
+        let details: Vec<String> = items[1..]
+            .iter()
+            .map(|i| i.as_ref().expect_err("invalid")[0].detail.clone())
+            .collect();
+        assert!(details[0].contains("nesting deeper"), "{details:?}");
+        assert!(values[1].is_none() && values[0].is_some());
+        let outcomes = plan(Mode::Create, &items, &HashSet::new());
+        assert_eq!(Counts::of(&outcomes).invalid, 3);
+        assert_eq!(item_errors(0, &values, &items, &outcomes).len(), 3);
     }
 
     #[test]
@@ -483,7 +640,8 @@ mod tests {
                 conflicts: 2
             }
         );
-        let errors = item_errors(10, &raw, &items, &create);
+        let sent: Vec<Option<Value>> = raw.iter().cloned().map(Some).collect();
+        let errors = item_errors(10, &sent, &items, &create);
         let summary: Vec<(u64, Option<&str>, u16)> =
             errors.iter().map(|e| (e.index, e.name.as_deref(), e.status)).collect();
         assert_eq!(

@@ -43,7 +43,7 @@ use crate::store::StoreError;
 use crate::store::jobs::DynJobs;
 use redis_queue::RedisQueue;
 use std::sync::Arc;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, Semaphore};
 
 /// How jobs reach workers.
 #[derive(Debug)]
@@ -78,7 +78,15 @@ pub struct Imports {
     pub settings: ImportSettings,
     /// Metrics registry.
     pub metrics: Arc<Metrics>,
+    /// Bodies being read and split at once in this process
+    /// ([`PARSE_SLOTS`]): each costs about twice its size in memory.
+    pub parsing: Arc<Semaphore>,
 }
+
+/// Import bodies read and split at once per process: at 16 MiB each, a
+/// burst of imports costs at most about 64 MiB beside the replica's own
+/// memory; the rest wait (the gateway bounds how many a client sends).
+pub const PARSE_SLOTS: usize = 2;
 
 /// Milliseconds since the Unix epoch, by this machine's clock.
 pub fn now_ms() -> u64 {
@@ -88,6 +96,14 @@ pub fn now_ms() -> u64 {
 }
 
 impl Imports {
+    /// Whether the queue has room for one more job now (checked before a
+    /// body is read, and again when the job is stored).
+    pub async fn has_room(&self) -> Result<bool, StoreError> {
+        let unfinished = self.jobs.unfinished_jobs().await?;
+        self.metrics.import_depth(unfinished);
+        Ok(unfinished < self.settings.max_queued)
+    }
+
     /// Stores a new job of `batches` and hands it to the queue. The job is
     /// accepted once stored: a queue that cannot take it now gets it from
     /// the workers' repair.

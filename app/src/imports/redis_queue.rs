@@ -17,6 +17,7 @@ use fred::error::Error;
 use fred::prelude::{ClientLike, StreamsInterface};
 use fred::types::Value;
 use fred::types::config::Options;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 /// The consumer group every worker reads in.
@@ -30,6 +31,10 @@ pub struct RedisQueue {
     stream: String,
     consumer: String,
     block: Duration,
+    /// Where the next `XAUTOCLAIM` scan starts: each scans a few pending
+    /// entries, so a dead worker's entry behind others still held by live
+    /// workers is reached by later scans.
+    cursor: Arc<Mutex<String>>,
 }
 
 impl std::fmt::Debug for RedisQueue {
@@ -60,6 +65,7 @@ impl RedisQueue {
             stream: format!("{}:imports", settings.key_prefix),
             consumer,
             block,
+            cursor: Arc::new(Mutex::new("0-0".into())),
         };
         if let Err(error) = queue.ensure_group().await {
             tracing::warn!(%error, "import queue: Redis not ready at start-up; the consumer group is made on first use");
@@ -111,12 +117,29 @@ impl RedisQueue {
     /// Takes over one entry idle longer than `min_idle` (its worker died).
     pub async fn autoclaim(&self, min_idle: Duration) -> Result<Option<Entry>, Error> {
         let min_idle = u64::try_from(min_idle.as_millis()).unwrap_or(u64::MAX);
+        let start = self.cursor.lock().unwrap_or_else(PoisonError::into_inner).clone();
         let claimed = self
             .commands
-            .xautoclaim::<Value, _, _, _, _>(&self.stream, GROUP, &self.consumer, min_idle, "0-0", Some(1), false)
+            .xautoclaim::<Value, _, _, _, _>(
+                &self.stream,
+                GROUP,
+                &self.consumer,
+                min_idle,
+                start.as_str(),
+                Some(1),
+                false,
+            )
             .await;
         match claimed {
-            Ok(value) => Ok(entries(value).into_iter().next()),
+            Ok(value) => {
+                // Redis answers where to go on from ("0-0": the scan is done).
+                if let Value::Array(parts) = &value {
+                    if let Some(next) = parts.first().and_then(Value::as_string) {
+                        *self.cursor.lock().unwrap_or_else(PoisonError::into_inner) = next;
+                    }
+                }
+                Ok(entries(value).into_iter().next())
+            }
             Err(e) if e.details().contains("NOGROUP") => {
                 self.ensure_group().await?;
                 Ok(None)

@@ -19,10 +19,9 @@ use super::redis_queue::{Entry, RedisQueue};
 use super::{Imports, Queue, now_ms};
 use crate::cache::Cache;
 use crate::config::WorkerSettings;
+use crate::domain::ConfigName;
 use crate::domain::import::{self, Counts, Job, JobState};
-use crate::domain::{ConfigName, new_config};
 use crate::store::{DynStore, StoreError};
-use serde_json::Value;
 use shared::shutdown::{CancellationToken, TaskTracker};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -57,6 +56,10 @@ pub struct Workers {
 #[derive(Debug)]
 struct Delivery {
     job: Job,
+    /// The lease's owner: this process and this claim, so that two tasks
+    /// of one process never both hold a job (a lease that ran out and was
+    /// claimed again by another slot here is lost to the first).
+    owner: String,
     /// The stream entry that carried it (Redis).
     entry: Option<String>,
 }
@@ -108,6 +111,11 @@ impl Workers {
         tracing::info!(worker = %self.id, "import workers stopped");
     }
 
+    /// A fresh lease owner for one claim.
+    fn owner(&self) -> String {
+        format!("{}/{}", self.id, &uuid::Uuid::new_v4().simple().to_string()[..8])
+    }
+
     fn lease(&self) -> (u64, u64) {
         let now = now_ms();
         let idle = u64::try_from(self.settings.claim_idle.as_millis()).unwrap_or(u64::MAX);
@@ -136,10 +144,15 @@ impl Workers {
         match &*self.imports.queue {
             Queue::Store => {
                 let (now, until) = self.lease();
-                match self.imports.jobs.claim(None, &self.id, now, until).await {
+                let owner = self.owner();
+                match self.imports.jobs.claim(None, &owner, now, until).await {
                     Ok(Some(job)) => {
                         self.queue_health(None);
-                        return Some(Delivery { job, entry: None });
+                        return Some(Delivery {
+                            job,
+                            owner,
+                            entry: None,
+                        });
                     }
                     Ok(None) => self.queue_health(None),
                     Err(error) => self.queue_health(Some(&error)),
@@ -188,9 +201,11 @@ impl Workers {
     /// stays pending, for `XAUTOCLAIM` to bring back if that worker dies.
     async fn take(&self, queue: &RedisQueue, entry: Entry) -> Option<Delivery> {
         let (now, until) = self.lease();
-        match self.imports.jobs.claim(Some(&entry.job), &self.id, now, until).await {
+        let owner = self.owner();
+        match self.imports.jobs.claim(Some(&entry.job), &owner, now, until).await {
             Ok(Some(job)) => Some(Delivery {
                 job,
+                owner,
                 entry: Some(entry.id),
             }),
             Ok(None) => {
@@ -215,12 +230,13 @@ impl Workers {
         let job = &delivery.job;
         let metrics = &self.imports.metrics;
         metrics.import_claim(if job.attempts <= 1 { "first" } else { "reclaimed" });
-        metrics.import_job(JobState::Running.as_str());
-        if job.attempts > self.settings.max_attempts {
+        // A job whose batches are all recorded is done, however often taken.
+        if job.attempts > self.settings.max_attempts && job.next_batch < job.batches {
             let why = format!("gave up after {} attempts", self.settings.max_attempts);
             self.end(&delivery, JobState::Failed, Some(&why)).await;
             return;
         }
+        metrics.import_job(JobState::Running.as_str());
         tracing::info!(state = "running", attempt = job.attempts, next_batch = job.next_batch, batches = job.batches, worker = %self.id, "import running");
         let mut n = job.next_batch;
         while n < job.batches {
@@ -257,7 +273,7 @@ impl Workers {
     async fn step(&self, delivery: &Delivery, n: u32) -> Step {
         let job = &delivery.job;
         let (_, until) = self.lease();
-        match self.imports.jobs.renew(&job.id, &self.id, until).await {
+        match self.imports.jobs.renew(&job.id, &delivery.owner, until).await {
             Ok(true) => {}
             Ok(false) => return Step::LostLease,
             Err(error) => return self.fault(n, error),
@@ -287,18 +303,20 @@ impl Workers {
     async fn batch(&self, job: &Job, n: u32) -> Result<(), StoreError> {
         let jobs = &self.imports.jobs;
         let stored = jobs.batch(&job.id, n).await?;
-        let raw: Vec<Value> = serde_json::from_str(&stored.items)
-            .map_err(|e| StoreError::Internal(format!("stored batch is not a JSON array: {e}")))?;
-        let items: Vec<_> = raw.iter().cloned().map(new_config).collect();
+        // Parsing and checking up to a MiB of items: not on a runtime thread.
+        let text = stored.items;
+        let (raw, items) = tokio::task::spawn_blocking(move || import::parse_batch(&text))
+            .await
+            .map_err(|e| StoreError::Internal(format!("batch parse task failed: {e}")))?
+            .map_err(StoreError::Internal)?;
         let (mut outcomes, fresh) = match stored.plan {
             Some(plan) => (plan, false),
             None => {
                 let names: Vec<&ConfigName> = items.iter().flatten().map(|c| &c.name).collect();
                 let existing = self.store.existing_names(&names).await?;
                 let plan = import::plan(job.mode, &items, &existing);
-                let kept = jobs.keep_plan(&job.id, n, &plan).await?;
-                let fresh = kept == plan;
-                (kept, fresh)
+                // Only the worker whose plan was stored corrects it.
+                jobs.keep_plan(&job.id, n, &plan).await?
             }
         };
         let writes = import::writes(job.mode, &items, &outcomes);
@@ -336,7 +354,7 @@ impl Workers {
         match self
             .imports
             .jobs
-            .finish(&job.id, &self.id, state, error, now_ms())
+            .finish(&job.id, &delivery.owner, state, error, now_ms())
             .await
         {
             Ok(true) => {
@@ -390,7 +408,7 @@ impl Workers {
     /// queues it afresh so another worker takes it now.
     async fn give_back(&self, delivery: &Delivery) {
         let job = &delivery.job;
-        if let Err(error) = self.imports.jobs.release(&job.id, &self.id).await {
+        if let Err(error) = self.imports.jobs.release(&job.id, &delivery.owner).await {
             tracing::warn!(%error, "import not released; another worker takes it after claim_idle");
             return;
         }

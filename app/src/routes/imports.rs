@@ -3,7 +3,7 @@
 //! need the write token: a job's report names what was written.
 
 use super::extract::{Authorized, is_json};
-use crate::domain::import::{self, Envelope, EnvelopeError, ItemError, Job, Mode};
+use crate::domain::import::{self, Envelope, EnvelopeError, ItemError, Job, Mode, SplitLimits};
 use crate::domain::{QueryError, parse_query};
 use crate::errors::{ApiError, REQUEST_ID};
 use crate::imports::SubmitError;
@@ -50,6 +50,16 @@ pub async fn submit(
     }
     let envelope = envelope(req.headers().get(header::CONTENT_TYPE))?;
     let settings = &state.imports.settings;
+    // A full queue refuses before the body costs anything.
+    if !state.imports.has_room().await? {
+        return Err(ApiError::QueueFull(settings.max_queued));
+    }
+    let _slot = state
+        .imports
+        .parsing
+        .acquire()
+        .await
+        .map_err(|_| ApiError::Internal("import parse slots closed".into()))?;
     let max = usize::try_from(settings.max_body.as_u64()).unwrap_or(usize::MAX);
     let body = Bytes::from_request(req, &state).await.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
@@ -58,13 +68,19 @@ pub async fn submit(
             ApiError::BadImport(rejection.body_text())
         }
     })?;
-    let (batch_size, max_item) = (settings.batch_size, state.max_body);
+    let limits = SplitLimits {
+        batch_size: settings.batch_size,
+        max_item: state.max_body,
+        max_items: settings.max_items,
+    };
     // Parsing 16 MiB takes tens of milliseconds: not on a runtime thread.
-    let batches = tokio::task::spawn_blocking(move || import::split(&body, envelope, batch_size, max_item))
+    let batches = tokio::task::spawn_blocking(move || import::split(&body, envelope, limits))
         .await
         .map_err(|e| ApiError::Internal(format!("import parse task failed: {e}")))?
         .map_err(|e| match e {
-            EnvelopeError::ItemTooLarge { .. } => ApiError::ItemTooLarge(e.to_string()),
+            EnvelopeError::ItemTooLarge { .. } | EnvelopeError::TooManyItems { .. } => {
+                ApiError::ItemTooLarge(e.to_string())
+            }
             EnvelopeError::Malformed(_) | EnvelopeError::Empty => ApiError::BadImport(e.to_string()),
         })?;
     let request_id = REQUEST_ID.try_with(Clone::clone).unwrap_or_default();

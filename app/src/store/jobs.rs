@@ -13,7 +13,7 @@
 //! that both think they hold a job record each batch once.
 //!
 //! Both stores implement it (`store::sqlite`, `store::mongo`) and pass the
-//! same tests (`tests/imports.rs`).
+//! same contract tests (`tests/store_contract.rs`).
 
 use super::StoreError;
 use crate::domain::import::{Batch, Counts, ItemError, Job, JobState, Outcome};
@@ -79,8 +79,8 @@ pub trait JobStore: std::fmt::Debug + Send + Sync + 'static {
     async fn batch(&self, id: &str, n: u32) -> Result<StoredBatch, StoreError>;
 
     /// Stores `plan` as batch `n`'s unless one is stored already; returns
-    /// the stored one.
-    async fn keep_plan(&self, id: &str, n: u32, plan: &[Outcome]) -> Result<Vec<Outcome>, StoreError>;
+    /// the stored one, and whether this call stored it.
+    async fn keep_plan(&self, id: &str, n: u32, plan: &[Outcome]) -> Result<(Vec<Outcome>, bool), StoreError>;
 
     /// Records batch `n` as written: its errors (idempotent by index), then
     /// its counts and `next_batch = n + 1`, only if `next_batch` is `n`.

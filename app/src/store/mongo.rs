@@ -36,6 +36,7 @@ pub struct MongoStore {
     configs: Collection<Config>,
     timeout: Duration,
     index_ready: AtomicBool,
+    job_indexes_ready: AtomicBool,
 }
 
 impl MongoStore {
@@ -67,9 +68,10 @@ impl MongoStore {
             configs,
             timeout,
             index_ready: AtomicBool::new(false),
+            job_indexes_ready: AtomicBool::new(false),
         };
         if let Err(error) = store.ensure_job_indexes().await {
-            tracing::warn!(%error, "MongoDB import indexes not created at start-up; retried on first import");
+            tracing::warn!(%error, "MongoDB import indexes not created at start-up; created before the first import");
         }
         if let Err(error) = store.ensure_index().await {
             tracing::warn!(%error, "MongoDB not reachable at start-up; the unique index will be created on first use");
@@ -337,6 +339,7 @@ impl Store for MongoStore {
             "update": self.configs.name(),
             "updates": updates,
             "ordered": false,
+            "maxTimeMS": max_time_ms(self.timeout),
         };
         let reply = self
             .run(self.client.database(&self.configs.namespace().db).run_command(command))

@@ -143,10 +143,15 @@ fn internal(e: rusqlite::Error) -> StoreError {
         rusqlite::Error::SqliteFailure(f, _)
             if matches!(
                 f.code,
-                rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+                rusqlite::ErrorCode::DatabaseBusy
+                    | rusqlite::ErrorCode::DatabaseLocked
+                    | rusqlite::ErrorCode::DiskFull
+                    | rusqlite::ErrorCode::SystemIoFailure
+                    | rusqlite::ErrorCode::CannotOpen
             ) =>
         {
-            StoreError::Unavailable(format!("sqlite busy: {e}"))
+            // Conditions that pass (a lock, a full or failing disk): retry later.
+            StoreError::Unavailable(format!("sqlite: {e}"))
         }
         other => StoreError::Internal(other.to_string()),
     }

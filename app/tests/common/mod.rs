@@ -49,7 +49,14 @@ pub async fn exercise_job_store(jobs: &dyn app::store::jobs::JobStore) {
         .keep_plan(&job.id, 0, &[app::domain::import::Outcome::Invalid])
         .await
         .expect("plan");
-    assert_eq!(plan, [app::domain::import::Outcome::Invalid]);
+    assert_eq!(plan, (vec![app::domain::import::Outcome::Invalid], true));
+    let other = [app::domain::import::Outcome::Created];
+    let kept = jobs.keep_plan(&job.id, 0, &other).await.expect("plan");
+    assert_eq!(
+        kept,
+        (vec![app::domain::import::Outcome::Invalid], false),
+        "the first plan stays"
+    );
     let error = app::domain::import::ItemError {
         index: 0,
         name: None,

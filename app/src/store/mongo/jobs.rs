@@ -15,6 +15,7 @@ use mongodb::error::ErrorKind;
 use mongodb::options::ReturnDocument;
 use mongodb::{Collection, IndexModel};
 use std::future::IntoFuture;
+use std::sync::atomic::Ordering;
 
 fn to_doc<T: serde::Serialize>(value: &T) -> Result<Document, StoreError> {
     bson::to_document(value).map_err(|e| StoreError::Internal(e.to_string()))
@@ -56,12 +57,15 @@ impl MongoStore {
     /// The indexes the job queries use (claims by state and age, listings
     /// by age, error pages by index).
     pub(super) async fn ensure_job_indexes(&self) -> Result<(), StoreError> {
+        if self.job_indexes_ready.load(Ordering::Acquire) {
+            return Ok(());
+        }
         let model = |keys: Document| IndexModel::builder().keys(keys).build();
         self.run(
             self.jobs()
                 .create_indexes([
                     model(doc! { "state": 1, "created_at": 1 }),
-                    model(doc! { "created_at": -1 }),
+                    model(doc! { "created_at": -1, "_id": -1 }),
                 ])
                 .max_time(self.timeout),
         )
@@ -72,6 +76,7 @@ impl MongoStore {
                 .max_time(self.timeout),
         )
         .await?;
+        self.job_indexes_ready.store(true, Ordering::Release);
         Ok(())
     }
 
@@ -103,6 +108,7 @@ impl MongoStore {
 #[async_trait]
 impl JobStore for MongoStore {
     async fn create_job(&self, job: &Job, batches: &[Batch]) -> Result<(), StoreError> {
+        self.ensure_job_indexes().await?;
         let docs = batches
             .iter()
             .enumerate()
@@ -250,18 +256,21 @@ impl JobStore for MongoStore {
         })
     }
 
-    async fn keep_plan(&self, id: &str, n: u32, plan: &[Outcome]) -> Result<Vec<Outcome>, StoreError> {
+    async fn keep_plan(&self, id: &str, n: u32, plan: &[Outcome]) -> Result<(Vec<Outcome>, bool), StoreError> {
         let key = format!("{id}:{n}");
         let plan = bson::to_bson(plan).map_err(|e| StoreError::Internal(e.to_string()))?;
-        self.run(self.batches().update_one(
-            doc! { "_id": &key, "plan": { "$exists": false } },
-            doc! { "$set": { "plan": plan } },
-        ))
-        .await?;
-        self.batch(id, n)
+        let stored = self
+            .run(self.batches().update_one(
+                doc! { "_id": &key, "plan": { "$exists": false } },
+                doc! { "$set": { "plan": plan } },
+            ))
+            .await?;
+        let kept = self
+            .batch(id, n)
             .await?
             .plan
-            .ok_or_else(|| StoreError::Internal(format!("import {id} batch {n}: plan not stored")))
+            .ok_or_else(|| StoreError::Internal(format!("import {id} batch {n}: plan not stored")))?;
+        Ok((kept, stored.modified_count == 1))
     }
 
     async fn record_batch(&self, id: &str, n: u32, counts: Counts, errors: &[ItemError]) -> Result<bool, StoreError> {

@@ -242,15 +242,16 @@ impl JobStore for SqliteStore {
         .await
     }
 
-    async fn keep_plan(&self, id: &str, n: u32, plan: &[Outcome]) -> Result<Vec<Outcome>, StoreError> {
+    async fn keep_plan(&self, id: &str, n: u32, plan: &[Outcome]) -> Result<(Vec<Outcome>, bool), StoreError> {
         let id = id.to_string();
         let text = serde_json::to_string(plan).map_err(json_err)?;
         self.with_transaction(move |c| {
-            c.execute(
-                "UPDATE import_batches SET plan = ?3 WHERE job = ?1 AND n = ?2 AND plan IS NULL",
-                params![id, n, text],
-            )
-            .map_err(internal)?;
+            let stored = c
+                .execute(
+                    "UPDATE import_batches SET plan = ?3 WHERE job = ?1 AND n = ?2 AND plan IS NULL",
+                    params![id, n, text],
+                )
+                .map_err(internal)?;
             let kept: String = c
                 .query_row(
                     "SELECT plan FROM import_batches WHERE job = ?1 AND n = ?2",
@@ -258,7 +259,7 @@ impl JobStore for SqliteStore {
                     |r| r.get(0),
                 )
                 .map_err(internal)?;
-            serde_json::from_str(&kept).map_err(json_err)
+            Ok((serde_json::from_str(&kept).map_err(json_err)?, stored == 1))
         })
         .await
     }
@@ -269,27 +270,32 @@ impl JobStore for SqliteStore {
             .iter()
             .map(|e| Ok((e.index, serde_json::to_string(e).map_err(json_err)?)))
             .collect::<Result<_, StoreError>>()?;
+        // One transaction, the compare-and-set first: only the worker that
+        // records the batch stores its errors.
         self.with_transaction(move |c| {
-            let mut insert = c
-                .prepare_cached("INSERT OR IGNORE INTO import_errors (job, idx, error) VALUES (?1, ?2, ?3)")
+            let recorded = c
+                .execute(
+                    "UPDATE import_jobs SET next_batch = next_batch + 1, created = created + ?3, updated = updated + ?4, \
+                     invalid = invalid + ?5, conflicts = conflicts + ?6 WHERE id = ?1 AND next_batch = ?2",
+                    params![
+                        id,
+                        n,
+                        int(counts.created),
+                        int(counts.updated),
+                        int(counts.invalid),
+                        int(counts.conflicts)
+                    ],
+                )
                 .map_err(internal)?;
-            for (index, error) in errors {
-                insert.execute(params![id, int(index), error]).map_err(internal)?;
+            if recorded == 1 {
+                let mut insert = c
+                    .prepare_cached("INSERT OR IGNORE INTO import_errors (job, idx, error) VALUES (?1, ?2, ?3)")
+                    .map_err(internal)?;
+                for (index, error) in errors {
+                    insert.execute(params![id, int(index), error]).map_err(internal)?;
+                }
             }
-            c.execute(
-                "UPDATE import_jobs SET next_batch = next_batch + 1, created = created + ?3, updated = updated + ?4, \
-                 invalid = invalid + ?5, conflicts = conflicts + ?6 WHERE id = ?1 AND next_batch = ?2",
-                params![
-                    id,
-                    n,
-                    int(counts.created),
-                    int(counts.updated),
-                    int(counts.invalid),
-                    int(counts.conflicts)
-                ],
-            )
-            .map(|changed| changed == 1)
-            .map_err(internal)
+            Ok(recorded == 1)
         })
         .await
     }
