@@ -423,6 +423,8 @@ async fn items_no_single_write_could_parse_are_item_errors(backend: Backend) {
 
 on_both_backends_with!(
     items_no_single_write_could_parse_are_item_errors,
+    a_worker_killed_mid_job_is_replaced_and_every_item_is_stored_once,
+    a_stopping_worker_gives_its_job_back_at_once,
     sample_counts_are_exact_and_the_store_holds_the_valid_items,
     bad_imports_are_refused_whole_and_queue_nothing,
     a_full_queue_answers_503_and_an_app_worker_drains_it,
@@ -528,16 +530,6 @@ async fn a_worker_killed_mid_job_is_replaced_and_every_item_is_stored_once(backe
         "no item reported twice or as a conflict with itself"
     );
     api.stop().await.expect("stops");
-}
-
-#[tokio::test]
-async fn embedded_worker_killed_mid_job() {
-    a_worker_killed_mid_job_is_replaced_and_every_item_is_stored_once(Backend::Embedded).await;
-}
-
-#[tokio::test]
-async fn mongodb_worker_killed_mid_job() {
-    a_worker_killed_mid_job_is_replaced_and_every_item_is_stored_once(Backend::MongoRedis).await;
 }
 
 /// Redis loses everything (killed, restarted empty) while jobs wait: the
@@ -682,18 +674,4 @@ fn consumers(prefix: &str) -> usize {
         .lines()
         .filter(|l| l.trim() == "name")
         .count()
-}
-
-mod stopping {
-    use super::*;
-
-    #[tokio::test]
-    async fn embedded() {
-        a_stopping_worker_gives_its_job_back_at_once(Backend::Embedded).await;
-    }
-
-    #[tokio::test]
-    async fn mongodb_and_redis() {
-        a_stopping_worker_gives_its_job_back_at_once(Backend::MongoRedis).await;
-    }
 }
