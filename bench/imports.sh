@@ -101,7 +101,9 @@ import() {
   local deadline=$((SECONDS + 600)) states
   while :; do
     states=$(for location in "${locations[@]}"; do curl -fsS "http://127.0.0.1:$port$location"; echo; done)
-    if ! echo "$states" | grep -q '"state":"\(queued\|running\)"'; then break; fi
+    # A here-string, not a pipe: with pipefail, grep -q leaving early
+    # would fail the echo (SIGPIPE) and end the wait too soon.
+    if ! grep -q '"state":"\(queued\|running\)"' <<<"$states"; then break; fi
     if ((SECONDS > deadline)); then echo "imports did not finish: $states" >&2; return 1; fi
     sleep 0.05
   done
