@@ -52,6 +52,16 @@ fn options(env: &[(&str, &str)]) -> Options {
     }
 }
 
+/// Posts an import.
+async fn send_import(app: &TestApp, query: &str, content_type: &str, body: Vec<u8>) -> reqwest::Response {
+    app.request(Method::POST, &format!("/imports{query}"))
+        .header("content-type", content_type)
+        .body(body)
+        .send()
+        .await
+        .expect("sent")
+}
+
 /// Posts an import; returns the response status, `Location` and body.
 async fn post_import(
     app: &TestApp,
@@ -59,13 +69,7 @@ async fn post_import(
     content_type: &str,
     body: Vec<u8>,
 ) -> (StatusCode, Option<String>, Value) {
-    let response = app
-        .request(Method::POST, &format!("/imports{query}"))
-        .header("content-type", content_type)
-        .body(body)
-        .send()
-        .await
-        .expect("sent");
+    let response = send_import(app, query, content_type, body).await;
     let location = response
         .headers()
         .get("location")
@@ -283,13 +287,7 @@ async fn bad_imports_are_refused_whole_and_queue_nothing(backend: Backend) {
         ),
     ];
     for (query, content_type, body, status) in cases {
-        let response = app
-            .request(Method::POST, &format!("/imports{query}"))
-            .header("content-type", content_type)
-            .body(body)
-            .send()
-            .await
-            .expect("sent");
+        let response = send_import(&app, query, content_type, body).await;
         let problem = common::assert_problem(response, status).await;
         assert!(!problem["detail"].as_str().unwrap_or_default().is_empty());
     }

@@ -114,6 +114,32 @@ impl MongoStore {
     async fn run<T>(&self, op: impl IntoFuture<Output = mongodb::error::Result<T>>) -> Result<T, StoreError> {
         bounded(op.into_future(), self.timeout).await?.map_err(map_error)
     }
+
+    /// The documents of `collection` that `filter` matches, in `sort`
+    /// order, at most `limit` (all when `None`), with `projection` (an
+    /// empty one: whole documents): one bounded find (client-side and
+    /// `maxTimeMS`), collected.
+    async fn find_all(
+        &self,
+        collection: &Collection<Document>,
+        filter: Document,
+        sort: Option<Document>,
+        limit: Option<i64>,
+        projection: Document,
+    ) -> Result<Vec<Document>, StoreError> {
+        self.run(async {
+            let mut find = collection
+                .find(filter)
+                .limit(limit.unwrap_or(0))
+                .projection(projection)
+                .max_time(self.timeout);
+            if let Some(sort) = sort {
+                find = find.sort(sort);
+            }
+            find.await?.try_collect().await
+        })
+        .await
+    }
 }
 
 async fn bounded<T>(op: impl Future<Output = T>, timeout: Duration) -> Result<T, StoreError> {
@@ -276,16 +302,14 @@ impl Store for MongoStore {
 
     async fn existing_names(&self, names: &[&ConfigName]) -> Result<HashSet<String>, StoreError> {
         let names: Vec<&str> = names.iter().map(|n| n.as_str()).collect();
-        let found: Vec<Document> = self
-            .run(async {
-                self.raw()
-                    .find(doc! { "name": { "$in": names } })
-                    .projection(doc! { "_id": 0, "name": 1 })
-                    .max_time(self.timeout)
-                    .await?
-                    .try_collect()
-                    .await
-            })
+        let found = self
+            .find_all(
+                &self.raw(),
+                doc! { "name": { "$in": names } },
+                None,
+                None,
+                doc! { "_id": 0, "name": 1 },
+            )
             .await?;
         Ok(found
             .iter()

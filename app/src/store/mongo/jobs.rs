@@ -9,7 +9,6 @@ use crate::domain::import::{Batch, Counts, ItemError, Job, JobState, Outcome};
 use crate::store::StoreError;
 use crate::store::jobs::{JobStore, Orphan, StoredBatch};
 use async_trait::async_trait;
-use futures::TryStreamExt;
 use mongodb::bson::{self, Bson, Document, doc};
 use mongodb::error::ErrorKind;
 use mongodb::options::ReturnDocument;
@@ -140,17 +139,14 @@ impl JobStore for MongoStore {
 
     async fn recent_jobs(&self, limit: usize) -> Result<Vec<Job>, StoreError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let docs: Vec<Document> = self
-            .run(async {
-                self.jobs()
-                    .find(doc! {})
-                    .sort(doc! { "created_at": -1, "_id": -1 })
-                    .limit(limit)
-                    .max_time(self.timeout)
-                    .await?
-                    .try_collect()
-                    .await
-            })
+        let docs = self
+            .find_all(
+                &self.jobs(),
+                Document::new(),
+                Some(doc! { "created_at": -1, "_id": -1 }),
+                Some(limit),
+                Document::new(),
+            )
             .await?;
         docs.into_iter().map(from_doc).collect()
     }
@@ -167,18 +163,14 @@ impl JobStore for MongoStore {
     async fn item_errors(&self, id: &str, after: Option<u64>, limit: usize) -> Result<Vec<ItemError>, StoreError> {
         let after = after.map_or(-1, millis);
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let docs: Vec<Document> = self
-            .run(async {
-                self.errors()
-                    .find(doc! { "job": id, "index": { "$gt": after } })
-                    .sort(doc! { "index": 1 })
-                    .limit(limit)
-                    .projection(doc! { "_id": 0, "job": 0 })
-                    .max_time(self.timeout)
-                    .await?
-                    .try_collect()
-                    .await
-            })
+        let docs = self
+            .find_all(
+                &self.errors(),
+                doc! { "job": id, "index": { "$gt": after } },
+                Some(doc! { "index": 1 }),
+                Some(limit),
+                doc! { "_id": 0, "job": 0 },
+            )
             .await?;
         docs.into_iter().map(from_doc).collect()
     }
@@ -336,17 +328,14 @@ impl JobStore for MongoStore {
     }
 
     async fn orphans(&self, now: u64) -> Result<Vec<Orphan>, StoreError> {
-        let docs: Vec<Document> = self
-            .run(async {
-                self.jobs()
-                    .find(claimable(now))
-                    .sort(doc! { "created_at": 1 })
-                    .projection(doc! { "_id": 1, "queue_ref": 1 })
-                    .max_time(self.timeout)
-                    .await?
-                    .try_collect()
-                    .await
-            })
+        let docs = self
+            .find_all(
+                &self.jobs(),
+                claimable(now),
+                Some(doc! { "created_at": 1 }),
+                None,
+                doc! { "_id": 1, "queue_ref": 1 },
+            )
             .await?;
         Ok(docs
             .iter()
