@@ -20,7 +20,7 @@
 # Each round starts a fresh Redis and MongoDB server. The per-round ratios
 # are printed too: the MongoDB-protocol stand-in the machines have (no
 # mongod) is a Python server whose speed varies a lot.
-# Usage: bench/imports.sh [ROUNDS=3] [ITEMS=20000] [DURATION=10s] [CONNECTIONS=32]
+# Usage: bench/imports.sh [ROUNDS=3] [ITEMS=20000] [DURATION=10s] [CONNECTIONS=32] [BATCH_SIZE=500]
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
@@ -28,6 +28,7 @@ ROUNDS=${1:-3}
 ITEMS=${2:-20000}
 DURATION=${3:-10s}
 CONNS=${4:-32}
+BATCH_SIZE=${5:-500}   # imports.batch_size of the app under test
 # shellcheck source=scripts/services.sh
 source scripts/services.sh
 # shellcheck source=bench/lib.sh
@@ -82,7 +83,7 @@ start_app() { # NAME PORT ROLE [ENV=VALUE...] -> pid in LAST_PID
   local name=$1 port=$2 role=$3
   shift 3
   env -i PATH="$PATH" APP_LISTEN="127.0.0.1:$port" APP_ADMIN_LISTEN="127.0.0.1:$(free_port)" \
-    APP_WORKER_POLL_INTERVAL=100ms RUST_LOG=warn "$@" target/release/app $role >"$WORK/$name.log" 2>&1 &
+    APP_WORKER_POLL_INTERVAL=100ms APP_IMPORTS_BATCH_SIZE="$BATCH_SIZE" RUST_LOG=warn "$@" target/release/app $role >"$WORK/$name.log" 2>&1 &
   LAST_PID=$!
   pids+=("$LAST_PID")
 }
