@@ -309,6 +309,27 @@ async fn bad_imports_are_refused_whole_and_queue_nothing(backend: Backend) {
     }
     let (status, list) = common::into_json(app.request(Method::GET, "/imports").send().await.expect("sent")).await;
     assert_eq!((status, list), (StatusCode::OK, json!({"imports": []})));
+    // Bad paging and unknown parameters on the reads: 400 naming the parameter.
+    let id = "0123456789abcdef0123456789abcdef";
+    for (path, param) in [
+        ("/imports?limit=0".to_string(), "limit"),
+        ("/imports?limit=101".to_string(), "limit"),
+        ("/imports?limit=5&limit=6".to_string(), "limit"),
+        ("/imports?after=x".to_string(), "after"),
+        (format!("/imports/{id}?errors_limit=0"), "errors_limit"),
+        (format!("/imports/{id}?errors_limit=1001"), "errors_limit"),
+        (format!("/imports/{id}?errors_after=-1"), "errors_after"),
+        (format!("/imports/{id}?page=2"), "page"),
+    ] {
+        let response = app.request(Method::GET, &path).send().await.expect("sent");
+        let problem = common::assert_problem(response, StatusCode::BAD_REQUEST).await;
+        assert_eq!(problem["param"], param, "{path}: {problem}");
+    }
+    // An id that cannot exist is a 404 like an unknown one.
+    for path in ["/imports/not-an-id", "/imports/0123456789ABCDEF0123456789abcdeg"] {
+        let response = app.request(Method::GET, path).send().await.expect("sent");
+        common::assert_problem(response, StatusCode::NOT_FOUND).await;
+    }
     let unknown = app
         .request(Method::GET, "/imports/0123456789abcdef0123456789abcdef")
         .send()

@@ -98,18 +98,6 @@ pub enum Outcome {
     Conflict,
 }
 
-impl Outcome {
-    /// The lowercase name, as in the metrics.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Created => "created",
-            Self::Updated => "updated",
-            Self::Invalid => "invalid",
-            Self::Conflict => "conflict",
-        }
-    }
-}
-
 impl Counts {
     /// The counts of `outcomes`.
     pub fn of(outcomes: &[Outcome]) -> Self {

@@ -99,17 +99,21 @@ impl Imports {
     /// Whether the queue has room for one more job now (checked before a
     /// body is read, and again when the job is stored).
     pub async fn has_room(&self) -> Result<bool, StoreError> {
+        Ok(self.unfinished().await? < self.settings.max_queued)
+    }
+
+    /// Jobs queued or running now, as the depth gauge also shows.
+    async fn unfinished(&self) -> Result<u64, StoreError> {
         let unfinished = self.jobs.unfinished_jobs().await?;
         self.metrics.import_depth(unfinished);
-        Ok(unfinished < self.settings.max_queued)
+        Ok(unfinished)
     }
 
     /// Stores a new job of `batches` and hands it to the queue. The job is
     /// accepted once stored: a queue that cannot take it now gets it from
     /// the workers' repair.
     pub async fn submit(&self, mode: Mode, batches: Batches, request_id: String) -> Result<Job, SubmitError> {
-        let unfinished = self.jobs.unfinished_jobs().await?;
-        self.metrics.import_depth(unfinished);
+        let unfinished = self.unfinished().await?;
         if unfinished >= self.settings.max_queued {
             return Err(SubmitError::Full);
         }

@@ -209,12 +209,8 @@ impl Workers {
                 entry: Some(entry.id),
             }),
             Ok(None) => {
-                if let Ok(None)
-                | Ok(Some(Job {
-                    state: JobState::Done | JobState::Failed,
-                    ..
-                })) = self.imports.jobs.job(&entry.job).await
-                {
+                let job = self.imports.jobs.job(&entry.job).await;
+                if matches!(&job, Ok(None)) || matches!(&job, Ok(Some(job)) if job.state.is_finished()) {
                     let _ = queue.done(&entry.id).await;
                 }
                 None
