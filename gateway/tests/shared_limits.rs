@@ -13,8 +13,10 @@ mod common;
 #[path = "../../app/tests/common/redis.rs"]
 mod redis;
 
+// `redis` reaches `ports` as `super::ports`, as in the app's tests.
 use common::logged::LoggedGateway;
 use common::metric;
+use common::ports;
 use common::upstream::{Replica, replicas};
 use redis::OwnRedis;
 use std::time::Duration;

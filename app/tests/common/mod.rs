@@ -4,6 +4,7 @@
 //! `scripts/test.sh` provisions both.
 #![allow(dead_code)]
 
+pub mod ports;
 pub mod redis;
 pub mod tcp_proxy;
 

@@ -15,17 +15,18 @@ fn binary() -> String {
     std::env::var("REDIS_SERVER_BIN").unwrap_or_else(|_| "redis-server".into())
 }
 
-/// A port that was free a moment ago.
+/// A port that was free a moment ago, for a server in another process to
+/// bind (see `ports`: outside the range the kernel hands out meanwhile).
 pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
+    super::ports::restartable_port()
 }
 
 impl OwnRedis {
-    /// Starts `redis-server` on a free port and waits until it answers.
+    /// Starts `redis-server` on a free port that nothing else the test
+    /// starts can take while it is down, and waits until it answers.
     pub fn start() -> Self {
         let mut redis = Self {
-            port: free_port(),
+            port: super::ports::restartable_port(),
             child: None,
         };
         redis.restart();
@@ -68,6 +69,11 @@ impl OwnRedis {
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
             assert!(Instant::now() < deadline, "redis-server did not start on {}", self.port);
             std::thread::sleep(Duration::from_millis(20));
+        }
+        // Something else answering on the port would pass the check above.
+        if let Some(child) = self.child.as_mut() {
+            let exited = child.try_wait().expect("redis-server status");
+            assert!(exited.is_none(), "redis-server on {} exited: {exited:?}", self.port);
         }
     }
 

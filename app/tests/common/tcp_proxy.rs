@@ -25,7 +25,8 @@ pub struct TcpProxy {
 impl TcpProxy {
     /// Starts forwarding to `target` on a free port.
     pub async fn start(target: SocketAddr) -> Arc<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        // Its port outlives `cut` (see `restartable_listener`).
+        let listener = TcpListener::from_std(super::ports::restartable_listener()).expect("listener");
         let proxy = Arc::new(Self {
             addr: listener.local_addr().expect("addr"),
             target,

@@ -40,10 +40,12 @@ impl LoggedGateway {
             .map(|p| format!("[[routes]]\npath_prefix = \"{p}\"\nupstream = \"app\"\n"))
             .collect();
         tables = tables.replace(catch_all, &routes);
-        // Two ports free at once (both listeners held until both are known).
+        // Two ports free at once (both listeners held until both are known),
+        // below the ephemeral range so that no other test's connection or
+        // port-0 listener takes one before the gateway binds it.
         let (port, admin_port) = {
-            let a = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-            let b = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            let a = super::ports::restartable_listener();
+            let b = super::ports::restartable_listener();
             (
                 a.local_addr().expect("addr").port(),
                 b.local_addr().expect("addr").port(),

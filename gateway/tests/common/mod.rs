@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 pub mod logged;
+#[path = "../../../app/tests/common/ports.rs"]
+pub mod ports;
 pub mod raw;
 pub mod upstream;
 

@@ -85,9 +85,10 @@ async fn healthz(State(s): State<Arc<Shared>>) -> StatusCode {
 }
 
 impl Replica {
-    /// Starts a replica named `name` on a free port.
+    /// Starts a replica named `name` on a free port that nothing else the
+    /// test starts can take while it is killed (see `restartable_listener`).
     pub async fn start(name: &str) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::from_std(super::ports::restartable_listener()).expect("listener");
         let shared = Arc::new(Shared {
             name: name.to_string(),
             hits: AtomicUsize::new(0),
