@@ -1,6 +1,7 @@
 //! `gateway`: run (`--config PATH`), validate (`--check-config`, like
 //! `nginx -t`), make a development certificate (`gen-cert`), replay an
-//! access log against proposed limits (`replay`), probe itself (`healthcheck`).
+//! access log against proposed limits (`replay`), probe itself (`healthcheck`:
+//! liveness; `healthcheck --ready`: readiness).
 
 use clap::{Parser, Subcommand};
 use gateway::config::GatewayConfig;
@@ -29,8 +30,17 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Exit 0 when this gateway's admin `/readyz` answers 2xx (for Docker).
-    Healthcheck,
+    /// Exit 0 when this gateway's admin `/healthz` answers 2xx: liveness,
+    /// the container healthcheck. It does not ask for a healthy upstream:
+    /// with every replica out (a store outage makes them all unready), a
+    /// readiness healthcheck would get the gateway killed and restarted in
+    /// a loop, dropping every connection at the edge and fixing nothing.
+    Healthcheck {
+        /// Probe `/readyz` instead (not draining and an upstream replica
+        /// available): for an external load balancer's checks or scripts.
+        #[arg(long)]
+        ready: bool,
+    },
     /// Replay a JSON access log against a proposed configuration's rate
     /// limits and report which clients would be limited or delayed.
     Replay {
@@ -77,9 +87,9 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Some(Command::Healthcheck) = &cli.command {
+    if let Some(Command::Healthcheck { ready }) = &cli.command {
         let target = shared::healthcheck::local_target(config.server.admin);
-        return shared::healthcheck::exit_code(target, "/readyz");
+        return shared::healthcheck::exit_code(target, if *ready { "/readyz" } else { "/healthz" });
     }
     if let Some(Command::Replay { log }) = &cli.command {
         let report =

@@ -538,6 +538,51 @@ fn the_committed_example_configurations_are_valid() {
     }
 }
 
+/// `gateway healthcheck` (the container's) is liveness: with no replica
+/// left to send to, the gateway is unready (`--ready` fails) but alive, so
+/// Swarm does not kill and restart it while the app's store is down.
+#[tokio::test]
+async fn the_container_healthcheck_is_liveness_and_ready_asks_for_a_replica() {
+    let mut rs = replicas(1).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let gw = LoggedGateway::start(dir.path(), &rs, "").await;
+    let probe = |ready: bool| {
+        let mut command = gateway_bin();
+        command.arg("healthcheck");
+        if ready {
+            command.arg("--ready");
+        }
+        command
+            .arg("--config")
+            .arg(dir.path().join("live.toml"))
+            .output()
+            .expect("runs")
+    };
+    assert!(probe(false).status.success());
+    assert!(probe(true).status.success(), "a replica is up: ready");
+    rs[0].kill().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        // Failed tries eject the dead replica (passive health).
+        let _ = reqwest::get(gw.url("/whoami")).await;
+        let ready = probe(true);
+        if !ready.status.success() {
+            let why = String::from_utf8_lossy(&ready.stderr).into_owned();
+            assert!(why.contains("503"), "{why}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the gateway never turned unready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let live = probe(false);
+    assert!(
+        live.status.success(),
+        "no replica, yet alive: {}",
+        String::from_utf8_lossy(&live.stderr)
+    );
+    gw.stop();
+}
+
 #[tokio::test]
 async fn replay_reads_the_gateways_own_json_access_log() {
     let rs = replicas(1).await;
