@@ -232,6 +232,11 @@ impl Upstream {
         true
     }
 
+    /// How many endpoints there are (available or not).
+    pub fn endpoint_count(&self) -> usize {
+        self.endpoints.load().len()
+    }
+
     /// Endpoints available now.
     pub fn available_count(&self) -> usize {
         let now = Instant::now();

@@ -5,9 +5,11 @@
 //! sent is retried on another replica for any method (the request body is
 //! untouched then, and is reclaimed for the next try); a 502/503, a reset
 //! after sending, or a timeout is retried only for idempotent methods whose
-//! body was empty or small enough to buffer (`retry_buffer`). Tries are
-//! bounded by `max_tries`, and nothing is retried once the response head has
-//! been handed on, so no client ever sees bytes from two attempts.
+//! body was empty or small enough to buffer (`retry_buffer`). Tries that
+//! reached a replica are bounded by `max_tries` (a refused connection costs
+//! none: each replica is tried at most once), and nothing is retried once
+//! the response head has been handed on, so no client ever sees bytes from
+//! two attempts.
 
 use crate::balancer::{Endpoint, Upstream};
 use crate::body_watch::BodyWatch;
@@ -331,9 +333,17 @@ impl Proxy {
             outgoing.replay = prepare_body(parts, body, upstream.settings.retry_buffer.as_u64(), watch).await?;
         }
         let mut tries = Tries::default();
-        for attempt in 0..upstream.settings.max_tries {
+        // Tries that reached a replica. A connection refused before anything
+        // was sent costs no try, only that replica (as nginx moves on through
+        // its servers on a connect error): a request fails on refusals only
+        // when every replica refused it, not when `max_tries` of them are
+        // stopping at once (a scale-down, seen deploying on Swarm).
+        let mut charged = 0;
+        while charged < upstream.settings.max_tries {
             let Some(endpoint) = tries.pick(upstream) else { break };
-            let last_try = attempt + 1 == upstream.settings.max_tries;
+            // The last try takes the headers: only when no other try can follow.
+            let last_try =
+                charged + 1 == upstream.settings.max_tries && tries.failed.len() + 1 >= upstream.endpoint_count();
             let Some(req) = outgoing.attempt(&endpoint, last_try) else {
                 break;
             };
@@ -349,6 +359,9 @@ impl Proxy {
                     return Ok(response);
                 }
                 Err(failure) => {
+                    if !matches!(failure, Failure::Connect(_)) {
+                        charged += 1;
+                    }
                     let replayable = outgoing.replayable_after_send();
                     if !set_aside(&mut tries, failure, addr, replayable) {
                         break;

@@ -129,6 +129,43 @@ async fn a_retry_is_counted_only_when_another_replica_is_tried() {
     assert_eq!(retries, 0.0, "there was no other replica to retry on");
 }
 
+/// Refused connections cost no try: with `max_tries = 1` and two of three
+/// replicas refusing (stopping at once, as in a scale-down), every request,
+/// a POST included, reaches the third.
+#[tokio::test]
+async fn refused_connections_cost_no_try() {
+    let mut rs = replicas(3).await;
+    // No passive ejection: each request meets the refusals itself.
+    let gw = gateway_for(
+        &addrs(&rs),
+        "balance = \"round_robin\"\nmax_tries = 1\nmax_fails = 1000",
+        "",
+    )
+    .await;
+    rs[0].kill().await;
+    rs[1].kill().await;
+    let client = gw.client();
+    for i in 0..12 {
+        let request = if i % 2 == 0 {
+            client.get(gw.url("/whoami"))
+        } else {
+            client.post(gw.url("/echo")).body("x")
+        };
+        let response = request.send().await.expect("sent");
+        assert_eq!(response.status(), StatusCode::OK, "request {i}");
+    }
+    assert!(rs[2].hits() >= 12);
+    let retries = metric(
+        &gw.metrics().await,
+        "gateway_upstream_retries_total{upstream=\"app\",reason=\"connect\"}",
+    );
+    assert!(retries >= 8.0, "the refusals were retried: {retries}");
+    // Every replica refusing is still an answer, not a loop.
+    rs[2].kill().await;
+    let response = client.get(gw.url("/whoami")).send().await.expect("sent");
+    assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+}
+
 #[tokio::test]
 async fn a_killed_replica_is_ejected_while_gets_keep_succeeding_and_it_recovers() {
     let mut rs = replicas(3).await;

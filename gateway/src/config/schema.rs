@@ -376,7 +376,8 @@ pub struct UpstreamSettings {
     /// replica leaves bytes untaken counts: see `body_watch`).
     #[serde(with = "humantime_serde")]
     pub response_timeout: Duration,
-    /// Tries per request, the first included (nginx `proxy_next_upstream_tries`).
+    /// Tries per request that reached a replica, the first included (nginx
+    /// `proxy_next_upstream_tries`); a refused connection costs none.
     pub max_tries: u32,
     /// Failures within `fail_timeout` that eject a replica (nginx `max_fails`).
     pub max_fails: u32,
