@@ -42,4 +42,8 @@ USER nonroot:nonroot
 # Unprivileged ports inside the container; Swarm publishes 443 -> 8443 and 80 -> 8080.
 EXPOSE 8443 8080
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 CMD ["/usr/local/bin/gateway", "healthcheck", "--config", "/etc/gateway/gateway.toml"]
-ENTRYPOINT ["/usr/local/bin/gateway", "--config", "/etc/gateway/gateway.toml"]
+# The binary alone, so a service's `command` (swarm-stack.yml) replaces the
+# default arguments instead of adding a second --config (which the gateway
+# refuses: found by deploying the stack, scripts/swarm-e2e.sh).
+ENTRYPOINT ["/usr/local/bin/gateway"]
+CMD ["--config", "/etc/gateway/gateway.toml"]

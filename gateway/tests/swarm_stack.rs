@@ -603,3 +603,68 @@ fn private_keys_can_never_be_committed() {
         );
     }
 }
+
+/// The `ENTRYPOINT` of the production Dockerfile's `stage`, as a list.
+fn dockerfile_entrypoint(stage: &str) -> Vec<String> {
+    let text = std::fs::read_to_string(root().join("Dockerfile")).expect("Dockerfile");
+    let mut inside = false;
+    let mut entrypoint = None;
+    for line in text.lines() {
+        if line.starts_with("FROM ") {
+            inside = line.split_whitespace().last() == Some(stage);
+        } else if inside && let Some(json) = line.strip_prefix("ENTRYPOINT ") {
+            entrypoint = Some(serde_json::from_str(json).expect("ENTRYPOINT in exec form"));
+        }
+    }
+    entrypoint.unwrap_or_else(|| panic!("the {stage} stage has an ENTRYPOINT"))
+}
+
+/// What each service runs is its image's ENTRYPOINT followed by its
+/// `command`: the command must not repeat an argument the entrypoint
+/// already gives. (The gateway's image once had `--config` in both, and
+/// the deployed gateway exited at once: "the argument '--config' cannot
+/// be used multiple times".)
+#[test]
+fn each_service_command_completes_its_images_entrypoint() {
+    let stack = stack();
+    for (service, stage) in [("gateway", "gateway"), ("app", "app"), ("worker", "app")] {
+        let entrypoint = dockerfile_entrypoint(stage);
+        let command: Vec<String> = stack["services"][service]["command"]
+            .as_sequence()
+            .map(|c| c.iter().map(|v| v.as_str().expect("text").to_string()).collect())
+            .unwrap_or_default();
+        let argv: Vec<&String> = entrypoint.iter().chain(&command).collect();
+        assert_eq!(
+            argv[0],
+            &format!("/usr/local/bin/{stage}"),
+            "{service}: runs the binary"
+        );
+        for flag in argv.iter().filter(|a| a.starts_with("--")) {
+            let times = argv.iter().filter(|a| a == &flag).count();
+            assert_eq!(times, 1, "{service}: {flag} given {times} times: {argv:?}");
+        }
+        if service == "gateway" {
+            assert!(argv.contains(&&"--config".to_string()), "gateway: {argv:?}");
+        }
+    }
+}
+
+/// Every service reached by name is resolved to its tasks' own addresses
+/// (`endpoint_mode: dnsrr`), never through a virtual IP (IPVS), which
+/// drops connections idle for 900 s and which not every engine has (on
+/// the engine this stack was first deployed on, connections to the VIPs of
+/// `mongo` and `redis` timed out). The gateway, reached only on its
+/// host-mode ports, is the exception.
+#[test]
+fn services_behind_the_gateway_are_resolved_by_dns_round_robin() {
+    let stack = stack();
+    for (name, service) in services(&stack) {
+        if name == "gateway" {
+            continue;
+        }
+        assert_eq!(
+            service["deploy"]["endpoint_mode"], "dnsrr",
+            "{name}: endpoint_mode must be dnsrr"
+        );
+    }
+}
