@@ -1,0 +1,499 @@
+#!/usr/bin/env bash
+# Deploys swarm-stack.yml for real on this machine's Docker Engine and
+# checks it, with steady client load through the gateway, across the
+# operations that must lose no request. From a clean engine: it builds the
+# images (deploy/local-images.sh: nothing is pulled), creates the swarm if
+# there is none, the secrets from generated files, deploys, checks, and on
+# exit removes everything it made (the stack, its volumes, secrets,
+# configs and images, and the swarm if it created it).
+#
+# Prints each check with its figure and ends with `N passed, M failed`
+# (exit 1 if any failed). Environment: SKIP_BUILD=1 uses the release
+# binaries in target/release as they are; KEEP=1 leaves the stack up.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+STACK=edge
+export REGISTRY=edge VERSION=local REDIS_IMAGE=edge/redis:local MONGO_IMAGE=edge/mongo:local
+SECRETS=(tls_cert tls_key mongodb_uri redis_password api_token mongo_root_password limits_redis_password gateway_redis_url)
+WORK=$(mktemp -d /tmp/swarm-e2e.XXXXXX)
+LOAD_LOG="$WORK/load.jsonl"
+PASSED=0
+FAILED=0
+CREATED_SWARM=""
+GWBRIDGE_BEFORE=""
+LOAD_PID=""
+
+log() { printf '[swarm-e2e] %s\n' "$*" >&2; }
+pass() { PASSED=$((PASSED + 1)); printf 'PASS  %s\n' "$*"; }
+fail() { FAILED=$((FAILED + 1)); printf 'FAIL  %s\n' "$*"; }
+check() { # NAME FIGURE COMMAND...: passes when COMMAND succeeds
+  local name=$1 figure=$2
+  shift 2
+  if "$@"; then pass "$name: $figure"; else fail "$name: $figure"; fi
+}
+
+# ---------------------------------------------------------------- set-up
+
+preflight() {
+  command -v docker >/dev/null || { log "no docker CLI"; exit 1; }
+  local tool package missing=()
+  for tool in ip:iproute2 curl:curl openssl:openssl python3:python3; do
+    package=${tool#*:}
+    command -v "${tool%%:*}" >/dev/null || missing+=("$package")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >&2
+  fi
+  docker info >/dev/null 2>&1 || { log "the Docker Engine does not answer"; exit 1; }
+  docker images -q --filter dangling=true | sort -u >"$WORK/dangling-before"
+  GWBRIDGE_BEFORE=$(docker network ls -q --filter name=^docker_gwbridge$)
+  local state
+  state=$(docker info --format '{{.Swarm.LocalNodeState}}')
+  if [ "$state" = "active" ]; then
+    if docker stack ls --format '{{.Name}}' | grep -qx "$STACK"; then
+      log "a stack named $STACK is already deployed here; not touching it"
+      exit 1
+    fi
+    local s
+    for s in "${SECRETS[@]}"; do
+      if docker secret inspect "$s" >/dev/null 2>&1; then
+        log "secret $s already exists on this swarm; not touching it"
+        exit 1
+      fi
+    done
+  fi
+}
+
+images() {
+  log "building the images (deploy/local-images.sh)"
+  bash deploy/local-images.sh local >/dev/null
+  # The same app as a new release (another image, another tag), and a
+  # release whose API never comes up (it starts the worker role, so its
+  # `app healthcheck` fails while the process runs).
+  printf 'FROM edge/app:local\nLABEL e2e.release=next\n' | DOCKER_BUILDKIT=0 docker build -q -t edge/app:local-next - >/dev/null 2>&1
+  printf 'FROM edge/app:local\nENTRYPOINT ["/usr/local/bin/app", "worker"]\n' |
+    DOCKER_BUILDKIT=0 docker build -q -t edge/app:local-broken - >/dev/null 2>&1
+}
+
+swarm() {
+  if [ "$(docker info --format '{{.Swarm.LocalNodeState}}')" != "active" ]; then
+    local addr
+    addr=$(ip -4 route get 1.1.1.1 2>/dev/null | grep -o 'src [0-9.]*' | cut -d' ' -f2 || true)
+    log "docker swarm init${addr:+ --advertise-addr $addr}"
+    docker swarm init ${addr:+--advertise-addr "$addr"} >/dev/null
+    CREATED_SWARM=1
+  fi
+}
+
+secrets() {
+  local dir="$WORK/secrets" redis limits
+  mkdir -p "$dir"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+    -subj "/CN=localhost" -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+    -keyout "$dir/tls_key" -out "$dir/tls_cert" 2>/dev/null
+  redis=$(openssl rand -hex 24)
+  limits=$(openssl rand -hex 24)
+  printf '%s' "$redis" >"$dir/redis_password"
+  printf '%s' "$limits" >"$dir/limits_redis_password"
+  printf 'redis://:%s@limits-redis:6379/0' "$limits" >"$dir/gateway_redis_url"
+  printf '%s' "$(openssl rand -hex 32)" >"$dir/api_token"
+  printf '%s' "$(openssl rand -hex 24)" >"$dir/mongo_root_password"
+  # The stand-in runs without authentication (README: deploying locally).
+  printf 'mongodb://mongo:27017/?directConnection=true' >"$dir/mongodb_uri"
+  local s
+  for s in "${SECRETS[@]}"; do
+    docker secret create "$s" "$dir/$s" >/dev/null
+  done
+  TOKEN=$(cat "$dir/api_token")
+  CA="$dir/tls_cert"
+}
+
+deploy() {
+  log "docker stack deploy -c swarm-stack.yml $STACK"
+  docker stack deploy -c swarm-stack.yml "$STACK" >/dev/null
+}
+
+# ---------------------------------------------------------------- teardown
+
+teardown() {
+  local rc=$?
+  set +e
+  [ -n "$LOAD_PID" ] && kill "$LOAD_PID" 2>/dev/null && wait "$LOAD_PID" 2>/dev/null
+  clients_down
+  if [ -n "${KEEP:-}" ]; then
+    log "KEEP=1: leaving the stack up ($WORK)"
+    exit $rc
+  fi
+  log "removing the stack and what this run made"
+  docker stack rm "$STACK" >/dev/null 2>&1
+  local deadline=$((SECONDS + 90))
+  while [ -n "$(docker ps -aq --filter "label=com.docker.stack.namespace=$STACK")" ] ||
+    [ -n "$(docker network ls -q --filter "label=com.docker.stack.namespace=$STACK")" ]; do
+    ((SECONDS > deadline)) && break
+    sleep 1
+  done
+  local s
+  for s in "${SECRETS[@]}"; do docker secret rm "$s" >/dev/null 2>&1; done
+  docker config ls -q --filter "label=e2e=$STACK" | xargs -r docker config rm >/dev/null 2>&1
+  docker volume rm "${STACK}_redis_data" "${STACK}_mongo_data" >/dev/null 2>&1
+  docker image rm edge/app:local-next edge/app:local-broken edge/app:local edge/gateway:local \
+    edge/redis:local edge/mongo:local >/dev/null 2>&1
+  # Only the untagged images this run left (an image rebuilt under its tag).
+  docker images -q --filter dangling=true | sort -u | comm -13 "$WORK/dangling-before" - | xargs -r docker rmi >/dev/null 2>&1
+  if [ -n "$CREATED_SWARM" ]; then
+    docker swarm leave --force >/dev/null 2>&1
+    # `swarm init` made the bridge the tasks' published ports use; leaving keeps it.
+    [ -n "$GWBRIDGE_BEFORE" ] || docker network rm docker_gwbridge >/dev/null 2>&1
+  fi
+  rm -rf "$WORK"
+  exit $rc
+}
+
+# ---------------------------------------------------------------- helpers
+
+# Every service of the stack at its desired replicas, every task running
+# and, where it has a healthcheck, healthy.
+converged() {
+  local line name have want
+  while read -r name have want; do
+    [ "$have" = "$want" ] || return 1
+  done < <(docker service ls --filter "label=com.docker.stack.namespace=$STACK" --format '{{.Name}} {{.Replicas}}' |
+    sed 's|/| |' | awk '{print $1, $2, $3}')
+  ! docker ps --filter "label=com.docker.stack.namespace=$STACK" --format '{{.Status}}' | grep -q 'starting\|unhealthy'
+}
+
+# Converged, and still so a few seconds later (a task that starts, runs and
+# exits at once counts as running for a moment).
+settled() { converged && sleep 4 && converged; }
+
+wait_for() { # SECONDS COMMAND...: polls COMMAND each second; the seconds it took, or fails
+  local limit=$1 start=$SECONDS
+  shift
+  until "$@"; do
+    ((SECONDS - start > limit)) && return 1
+    sleep 1
+  done
+  echo $((SECONDS - start))
+}
+
+https() { # METHOD PATH [BODY]: prints the status code
+  local body=()
+  [ $# -ge 3 ] && body=(--data "$3")
+  curl -s -o "$WORK/body" -w '%{http_code}' --max-time 10 --cacert "$CA" \
+    --resolve localhost:443:127.0.0.1 -X "$1" -H "Authorization: Bearer $TOKEN" \
+    -H 'Content-Type: application/json' "${body[@]}" "https://localhost$2" || true
+}
+
+# The overlay addresses of a service's running tasks (on NETWORK only, if given).
+task_ips() { # SERVICE [NETWORK]
+  docker ps -q --filter "label=com.docker.swarm.service.name=${STACK}_$1" |
+    xargs -r docker inspect --format '{{range $net, $v := .NetworkSettings.Networks}}{{$net}}={{$v.IPAddress}} {{end}}' |
+    tr ' ' '\n' | grep "^${2:+${STACK}_$2}" | cut -d= -f2 | grep . || true
+}
+
+# The replica addresses in the gateway's access log from a Unix second on.
+upstreams_since() { # FROM
+  docker service logs --raw "${STACK}_gateway" 2>&1 | python3 -c '
+import json, sys
+since = sys.argv[1]
+seen = set()
+for line in sys.stdin:
+    try:
+        entry = json.loads(line)
+    except ValueError:
+        continue
+    if entry.get("target") == "access" and entry.get("upstream") and entry["timestamp"] >= since:
+        seen.add(entry["upstream"].rsplit(":", 1)[0])
+print("\n".join(sorted(seen)))
+' "$(date -u -d "@$1" +%Y-%m-%dT%H:%M:%S)"
+}
+
+# The clients live in a network namespace of their own, each with its own
+# address, and reach the gateway on the host's address: from the host
+# itself Docker would masquerade every connection to one address (and the
+# per-address limit would then apply to all of them at once).
+CLIENTS_NS=swarm-e2e-clients
+clients_up() {
+  ip netns add "$CLIENTS_NS"
+  ip link add swarm-e2e-h type veth peer name swarm-e2e-c
+  ip link set swarm-e2e-c netns "$CLIENTS_NS"
+  ip addr add 198.18.0.1/24 dev swarm-e2e-h
+  ip link set swarm-e2e-h up
+  local i sources=()
+  ip netns exec "$CLIENTS_NS" ip link set lo up
+  ip netns exec "$CLIENTS_NS" ip link set swarm-e2e-c up
+  for i in $(seq 2 $((CLIENTS + 1))); do
+    ip netns exec "$CLIENTS_NS" ip addr add "198.18.0.$i/24" dev swarm-e2e-c
+    sources+=("198.18.0.$i")
+  done
+  ip netns exec "$CLIENTS_NS" ip route add default via 198.18.0.1
+  SOURCES=$(IFS=,; echo "${sources[*]}")
+  HOST_IP=$(ip -4 route get 1.1.1.1 | grep -o 'src [0-9.]*' | cut -d' ' -f2)
+}
+
+clients_down() {
+  ip netns del "$CLIENTS_NS" 2>/dev/null || true
+  ip link del swarm-e2e-h 2>/dev/null || true
+}
+
+load_start() {
+  clients_up
+  ip netns exec "$CLIENTS_NS" python3 scripts/swarm_load.py seed "$HOST_IP" 443 "${SOURCES%%,*}" "$CA" "$TOKEN" >/dev/null
+  ip netns exec "$CLIENTS_NS" python3 scripts/swarm_load.py drive "$HOST_IP" 443 "$SOURCES" "$CA" "$TOKEN" "$RATE" "$LOAD_LOG" &
+  LOAD_PID=$!
+}
+
+# What the clients saw from FROM to now, as JSON (after the last second is written).
+seen_since() { # FROM
+  sleep 1.5
+  python3 scripts/swarm_load.py tally "$LOAD_LOG" "$1" "$(($(date +%s) - 1))"
+}
+
+matches() { [[ $1 == $2 ]]; } # VALUE GLOB
+
+field() { python3 -c "import json,sys; print(json.load(sys.stdin)$1)"; }
+
+# The requests that failed in a tally, as "kind x count, ...".
+failures_of() { field '["failures"]' | tr -d "{}'" ; }
+
+# ---------------------------------------------------------------- checks
+
+check_deployed() {
+  local took
+  if took=$(wait_for 300 settled); then
+    pass "the stack converges: every service at its replicas, every task healthy (${took} s)"
+  else
+    fail "the stack did not converge in 300 s: $(docker service ls --format '{{.Name}} {{.Replicas}}' | tr '\n' ' ')"
+    docker service ps --no-trunc "$STACK"_app "$STACK"_gateway "$STACK"_mongo 2>&1 | head -20 >&2
+    return 1
+  fi
+}
+
+check_reach() {
+  local redirect code created read anonymous
+  redirect=$(curl -s -o /dev/null -w '%{http_code} %{redirect_url}' --max-time 5 http://127.0.0.1/configs)
+  check "port 80 (host mode) redirects to https" "$redirect" matches "$redirect" '30[178] https://*'
+  code=$(https GET /version)
+  check "port 443 (host mode) answers over TLS" "GET /version $code" [ "$code" = 200 ]
+  local name="e2e-$RANDOM"
+  created=$(https POST /configs "{\"name\":\"$name\",\"data\":[{\"k\":1}]}")
+  read=$(https GET "/configs/$name")
+  check "POST and GET /configs end to end, the write token read from the api_token secret" \
+    "POST $created, GET $read" [ "$created" = 201 -a "$read" = 200 ]
+  anonymous=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 --cacert "$CA" --resolve localhost:443:127.0.0.1 \
+    -X POST -H 'Content-Type: application/json' --data '{"name":"x","data":[]}' https://localhost/configs)
+  check "a write without the token is refused" "POST $anonymous" [ "$anonymous" = 401 ]
+}
+
+check_discovery() {
+  local since i ips seen missing=""
+  since=$(date +%s)
+  for i in $(seq 1 12); do https GET /configs >/dev/null; sleep 0.1; done
+  sleep 1
+  ips=$(task_ips app frontend | sort -u)
+  seen=$(upstreams_since "$since")
+  for i in $ips; do grep -qx "$i" <<<"$seen" || missing="$missing $i"; done
+  check "the gateway finds the replicas through tasks.app" \
+    "app tasks: $(echo $ips), used: $(echo $seen)" [ -z "$missing" -a -n "$ips" ]
+}
+
+# Whether SERVICE's own protocol answers on its tasks' addresses, from this
+# host (`host`) or from inside a running task of FROM (its network
+# namespace, through nsenter). A TCP connection alone proves nothing: an
+# egress proxy may accept anything (this machine's does).
+answers() { # SERVICE PORT KIND host|FROM
+  local ip pid answered=""
+  if [ "$4" != host ]; then
+    pid=$(docker inspect --format '{{.State.Pid}}' \
+      "$(docker ps -q --filter "label=com.docker.swarm.service.name=${STACK}_$4" | head -1)")
+  fi
+  for ip in $(task_ips "$1"); do
+    if [ "$4" = host ]; then
+      python3 scripts/swarm_load.py probe "$ip" "$2" "$3" && answered="$answered $ip"
+    else
+      nsenter -t "$pid" -n python3 scripts/swarm_load.py probe "$ip" "$2" "$3" && answered="$answered $ip"
+    fi
+  done
+  echo "$answered"
+}
+
+check_isolation() {
+  local target service port kind peer open="" inside=""
+  # SERVICE:PORT:KIND:a service that must reach it
+  for target in app:8000:http:gateway app:9100:http:app redis:6379:redis:app mongo:27017:mongo:app \
+    limits-redis:6379:redis:gateway; do
+    IFS=: read -r service port kind peer <<<"$target"
+    [ -n "$(answers "$service" "$port" "$kind" host)" ] && open="$open $service:$port"
+    [ -n "$(answers "$service" "$port" "$kind" "$peer")" ] || inside="$inside $service:$port(from $peer)"
+  done
+  for target in 8000:http 9100:http 6379:redis 27017:mongo; do
+    python3 scripts/swarm_load.py probe 127.0.0.1 "${target%%:*}" "${target#*:}" && open="$open 127.0.0.1:${target%%:*}"
+  done
+  check "the probes reach each store and the app from the tasks that use them" "${inside:-all answered}" [ -z "$inside" ]
+  check "Redis, MongoDB and the app are unreachable from the host" "${open:-none answered}" [ -z "$open" ]
+}
+
+# The load's figures since FROM; passes when nothing failed.
+check_no_failures() { # NAME FROM
+  local seen requests failed
+  seen=$(seen_since "$2")
+  requests=$(field '["requests"]' <<<"$seen")
+  failed=$(field '["failed"]' <<<"$seen")
+  check "$1" "$requests requests, $failed failed $(failures_of <<<"$seen")" [ "$failed" = 0 -a "$requests" -gt 0 ]
+}
+
+app_tasks() { docker service ps -q --filter desired-state=running "${STACK}_app" | sort; }
+
+check_rolling_update() {
+  local from took
+  from=$(date +%s)
+  docker service update --quiet --image edge/app:local-next "${STACK}_app" >/dev/null 2>&1
+  took=$(($(date +%s) - from))
+  local images
+  images=$(docker service ps --filter desired-state=running --format '{{.Image}}' "${STACK}_app" | sort -u | tr '\n' ' ')
+  check "app update to a new image (start-first, one at a time) completes" "${took} s, running: $images" \
+    [ "$images" = "edge/app:local-next " ]
+  check_no_failures "app update under load: no failed request" "$from"
+}
+
+check_scale() {
+  local from scaled took
+  from=$(date +%s)
+  docker service scale --detach=false "${STACK}_app=5" >/dev/null 2>&1
+  scaled=$(date +%s)
+  new_used() {
+    local ips seen i
+    ips=$(task_ips app frontend | sort -u)
+    [ "$(wc -l <<<"$ips")" -eq 5 ] || return 1
+    seen=$(upstreams_since "$scaled")
+    for i in $ips; do grep -qx "$i" <<<"$seen" || return 1; done
+  }
+  if took=$(wait_for 30 new_used); then
+    pass "scale to 5: the gateway sends to all 5 replicas ${took} s after Swarm has them running (discover_interval 5 s)"
+  else
+    fail "scale to 5: the gateway did not use all 5 replicas within 30 s"
+  fi
+  docker service scale --detach=false "${STACK}_app=2" >/dev/null 2>&1
+  check "scale back to 2" "$(app_tasks | wc -l) running" [ "$(app_tasks | wc -l)" -eq 2 ]
+  check_no_failures "scale 5 and back to 2 under load: no failed request" "$from"
+}
+
+check_kill() {
+  local from victim took
+  from=$(date +%s)
+  victim=$(docker ps -q --filter "label=com.docker.swarm.service.name=${STACK}_app" | head -1)
+  docker kill "$victim" >/dev/null
+  took=$(wait_for 90 settled) || took="not within 90"
+  check "an app task killed: Swarm replaces it" "${took} s" [ "$took" != "not within 90" ]
+  check_no_failures "an app task killed under load: no failed (idempotent) request" "$from"
+}
+
+check_rollback() {
+  local from state took images
+  from=$(date +%s)
+  docker service update --quiet --image edge/app:local-broken "${STACK}_app" >/dev/null 2>&1 || true
+  rolled_back() {
+    state=$(docker service inspect --format '{{if .UpdateStatus}}{{.UpdateStatus.State}}{{end}}' "${STACK}_app")
+    [ "$state" = "rollback_completed" ] && settled
+  }
+  if wait_for 240 rolled_back >/dev/null; then took=$(($(date +%s) - from)); else took="not within 240"; fi
+  images=$(docker service ps --filter desired-state=running --format '{{.Image}}' "${STACK}_app" | sort -u | tr '\n' ' ')
+  check "an update to an image whose healthcheck fails rolls back by itself" \
+    "${took} s from the update to rollback_completed, running: $images" [ "$images" = "edge/app:local-next " ]
+  check_no_failures "the failed update and its rollback under load: no failed request" "$from"
+}
+
+check_gateway_config() {
+  local from seen took config="${STACK}_gateway_toml_2"
+  sed 's/^idle_timeout = "60s"/idle_timeout = "55s"/' deploy/gateway.swarm.toml >"$WORK/gateway.toml"
+  grep -q '^idle_timeout = "55s"' "$WORK/gateway.toml" || { fail "gateway config: nothing to change"; return; }
+  docker config create --label "e2e=$STACK" "$config" "$WORK/gateway.toml" >/dev/null
+  from=$(date +%s)
+  docker service update --quiet --config-rm "${STACK}_gateway_toml" \
+    --config-add "source=$config,target=/etc/gateway/gateway.toml" "${STACK}_gateway" >/dev/null 2>&1
+  took=$(wait_for 120 settled) || took="not within 120"
+  sleep 3
+  seen=$(seen_since "$from")
+  local failed requests secs
+  failed=$(field '["failed"]' <<<"$seen")
+  requests=$(field '["requests"]' <<<"$seen")
+  secs=$(field '["failed_seconds"]' <<<"$seen" | python3 -c 'import sys,json; s=json.loads(sys.stdin.read().replace("'"'"'","\"")); print(f"{len(s)} s with failures" + (f", {s[0]}..{s[-1]}" if s else ""))')
+  GATEWAY_UPDATE="$requests requests, $failed failed ($secs): $(failures_of <<<"$seen")"
+  check "gateway config update (new config object, stop-first on the node's host ports) converges" \
+    "${took} s; clients saw: $GATEWAY_UPDATE" [ "$took" != "not within 120" ]
+}
+
+# Stops SERVICE for SECONDS (scaled to 0), then brings it back.
+outage() { # SERVICE SECONDS
+  docker service scale --detach=true "${STACK}_$1=0" >/dev/null 2>&1
+  sleep "$2"
+  docker service scale --detach=true "${STACK}_$1=1" >/dev/null 2>&1
+}
+
+check_mongo_outage() {
+  local from tasks_before back seen puts_failed puts_with_retry reads_ok took
+  tasks_before=$(app_tasks)
+  from=$(date +%s)
+  outage mongo 60
+  back=$(date +%s)
+  seen=$(seen_since "$from")
+  check "MongoDB stopped 60 s: the app tasks are not restarted" "tasks before $(echo $tasks_before), after $(echo $(app_tasks))" \
+    [ "$tasks_before" = "$(app_tasks)" ]
+  puts_failed=$(field '.get("failures", {})' <<<"$seen" | python3 -c 'import ast,sys; d=ast.literal_eval(sys.stdin.read()); print(sum(v for k,v in d.items() if k.startswith("PUT")))')
+  puts_with_retry=$(field '["failures"]' <<<"$seen" | python3 -c 'import ast,sys; d=ast.literal_eval(sys.stdin.read()); print(d.get("PUT 503+ra", 0))')
+  check "MongoDB stopped 60 s: writes answer 503 with Retry-After" \
+    "$puts_failed writes failed, $puts_with_retry of them 503 with Retry-After; all: $(failures_of <<<"$seen")" \
+    [ "$puts_failed" -gt 0 -a "$puts_failed" = "$puts_with_retry" ]
+  MONGO_OUTAGE="$(field '["requests"]' <<<"$seen") requests, $(failures_of <<<"$seen")"
+  took=$(wait_for 120 settled) || took="not within 120"
+  local settle
+  settle=$(date +%s)
+  recovered() { [ "$(field '["failed"]' <<<"$(python3 scripts/swarm_load.py tally "$LOAD_LOG" "$(($(date +%s) - 5))" "$(($(date +%s) - 1))")")" = 0 ]; }
+  local clean
+  clean=$(wait_for 120 recovered) || clean="not within 120"
+  check "MongoDB back: everything recovers by itself" \
+    "mongo healthy in ${took} s; 5 s without a failure ${clean} s later" [ "$clean" != "not within 120" ]
+  RECOVERY_FROM=$((settle + ${clean:-0}))
+}
+
+check_redis_outage() {
+  local from seen reads_failed
+  from=$(date +%s)
+  outage redis 60
+  seen=$(seen_since "$from")
+  reads_failed=$(field '["failures"]' <<<"$seen" | python3 -c 'import ast,sys; d=ast.literal_eval(sys.stdin.read()); print(sum(v for k,v in d.items() if k.startswith("GET")))')
+  check "Redis stopped 60 s: reads keep answering 200 from the store" \
+    "$(field '["requests"]' <<<"$seen") requests, $reads_failed reads failed; all failures: $(failures_of <<<"$seen")" [ "$reads_failed" = 0 ]
+  wait_for 120 settled >/dev/null || true
+}
+
+main() {
+  preflight # before the trap: what it refuses to touch, teardown must not remove
+  trap teardown EXIT
+  [ -n "${SKIP_IMAGES:-}" ] || images
+  swarm
+  secrets
+  deploy
+  check_deployed || exit 1
+  check_reach
+  check_discovery
+  check_isolation
+  load_start
+  log "steady load from $SOURCES at $RATE r/s each"
+  sleep 5
+  check_no_failures "steady load before any operation: no failed request" "$(($(date +%s) - 4))"
+  check_rolling_update
+  check_scale
+  check_kill
+  check_rollback
+  check_gateway_config
+  check_mongo_outage
+  check_redis_outage
+  echo "$PASSED passed, $FAILED failed"
+  [ "$FAILED" -eq 0 ]
+}
+
+CLIENTS=${CLIENTS:-6}
+RATE=${RATE:-8}
+main "$@"
