@@ -28,7 +28,8 @@ REGISTRY=${REGISTRY:-edge}
 TAG=${1:-local}
 SECANTUS_VERSION=0.7.0b3
 WORK=$(mktemp -d /tmp/local-images.XXXXXX)
-trap 'rm -rf "$WORK"' EXIT
+# A failed build leaves no root-filesystem image behind.
+trap 'rm -rf "$WORK"; docker images -q --filter "reference=$REGISTRY/rootfs-*:$TAG" | xargs -r docker rmi -f >/dev/null 2>&1' EXIT
 NONROOT=65532
 
 log() { printf '[local-images] %s\n' "$*" >&2; }
@@ -42,8 +43,7 @@ apt_install() { # PACKAGE...: installs what is missing
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
   # Debian starts a system redis-server on install; the images carry their own.
   if [[ " ${missing[*]} " == *" redis-server "* ]]; then
-    (command -v systemctl >/dev/null && systemctl stop redis-server) >/dev/null 2>&1 || true
-    pkill -x redis-server 2>/dev/null || true
+    (systemctl stop redis-server || service redis-server stop) >/dev/null 2>&1 || true
   fi
 }
 
@@ -148,7 +148,7 @@ EOF
 }
 
 mongo_image() {
-  apt_install python3.11 python3-venv
+  apt_install python3.11 python3-pip
   local fs cache="$ROOT/target/local-images/secantus-$SECANTUS_VERSION" so
   if [ ! -f "$cache/.complete" ]; then
     log "installing SecantusDB $SECANTUS_VERSION from PyPI"

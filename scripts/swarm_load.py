@@ -153,6 +153,9 @@ def tally(log, since, until):
     return {
         "requests": sum(counts.values()),
         "failed": sum(failures.values()),
+        "failed_reads": sum(v for k, v in failures.items() if k.startswith("GET ")),
+        "failed_writes": sum(v for k, v in failures.items() if k.startswith("PUT ")),
+        "failed_other_than_503_retry_after": sum(v for k, v in failures.items() if not k.endswith(" 503+ra")),
         "failures": failures,
         "counts": dict(counts),
         "failed_seconds": failed_seconds,
