@@ -1,6 +1,7 @@
-//! `swarm-stack.yml` is the product's deployment; with no Docker engine
-//! here, these checks are how it stays right: the invariants that bite in
-//! production, and Docker's own schema check (`docker stack config`).
+//! `swarm-stack.yml` is the product's deployment. `scripts/swarm-e2e.sh`
+//! deploys it for real (in CI); these checks keep it right without an
+//! engine: the invariants that bite in production (several found by that
+//! deploy), and Docker's own schema check (`docker stack config`).
 //! The gateway configuration it ships (`gateway_toml`) is checked with it,
 //! including `[rate_limit.shared]` and the `limits-redis` it points at.
 
