@@ -41,6 +41,9 @@ COPY gateway.example.toml /etc/gateway/gateway.toml
 USER nonroot:nonroot
 # Unprivileged ports inside the container; Swarm publishes 443 -> 8443 and 80 -> 8080.
 EXPOSE 8443 8080
+# Liveness (admin /healthz): with every replica unready the gateway is
+# unready too, and must not be restarted for it (`healthcheck --ready` probes
+# readiness).
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 CMD ["/usr/local/bin/gateway", "healthcheck", "--config", "/etc/gateway/gateway.toml"]
 # The binary alone, so a service's `command` (swarm-stack.yml) replaces the
 # default arguments instead of adding a second --config (which the gateway
