@@ -275,9 +275,18 @@ failures_of() { field '["failures"]' | tr -d "{}'" ; }
 # ---------------------------------------------------------------- checks
 
 check_deployed() {
-  local took
+  local took serves
   if took=$(wait_for 300 settled); then
     pass "the stack converges: every service at its replicas, every task healthy (${took} s)"
+    # The gateway's healthcheck is liveness: it is healthy before it has
+    # found a replica (tasks.app may not resolve yet when it starts; it
+    # looks again every discover_interval).
+    gateway_serves() { [ "$(https GET /version)" = 200 ]; }
+    if serves=$(wait_for 60 gateway_serves); then
+      pass "the gateway serves through a replica ${serves} s after the stack converged"
+    else
+      fail "the gateway did not serve within 60 s of the stack converging"
+    fi
   else
     fail "the stack did not converge in 300 s: $(docker service ls --format '{{.Name}} {{.Replicas}}' | tr '\n' ' ')"
     docker service ps --no-trunc "$STACK"_app "$STACK"_gateway "$STACK"_mongo 2>&1 | head -20 >&2
